@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both install what is missing first.
+PY        ?= python3
+VENV      ?= .venv
+PYTHON    := $(VENV)/bin/python
+DEMO_DATA ?= data/demo
+DEMO_WORK ?= work_dirs/allinone_demo
+PYTEST_ARGS ?=
+
+.PHONY: install data demo test test-fast clean
+
+install:
+	@PYTHON=$(PY) tools/install_env.sh $(VENV)
+
+data: install
+	$(PYTHON) tools/make_demo_data.py --out $(DEMO_DATA)
+
+# train (validates at the end and writes $(DEMO_WORK)/leaderboard.json), test the final
+# checkpoint and export the challenge submission file
+demo: data
+	$(PYTHON) tools/train.py configs/allinone_demo.py --work-dir $(DEMO_WORK)
+	$(PYTHON) tools/test.py configs/allinone_demo.py "$$(cat $(DEMO_WORK)/last_checkpoint)" \
+		--work-dir $(DEMO_WORK) --submit $(DEMO_WORK)/submission.json
+
+test: install
+	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+# the fast unit tests only (no end-to-end training runs)
+test-fast: install
+	$(PYTHON) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(DEMO_WORK) .pytest_cache

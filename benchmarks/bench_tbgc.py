@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Step time and memory of the per-task gradient wrapper (TBGC, Sum) against the vanilla joint step.
+
+Arms, all on the same model (the demo's) and the same real demo batches:
+  vanilla   mmengine ``OptimWrapper``: one backward of the summed loss, global clip 0.1
+  sum       ``MultiTaskOptimWrapper`` + ``SumAggregator`` (per-task backward passes) + global clip 0.1
+  tbgc      ``MultiTaskOptimWrapper`` + ``TBGCAggregator(max_norm=0.1)`` (streaming)
+  tbgc_mat  the same through the matrix path (holds all T task gradients), for reference
+
+Speed: the arms are interleaved step by step in one process (shared noise), and the median of the
+per-step ratios to vanilla is reported. Memory: each arm runs alone in a fresh process and reports
+its peak RSS; the difference to vanilla is compared with the size of the shared parameters.
+
+    python benchmarks/bench_tbgc.py [--steps 20] [--out benchmarks/results/tbgc.json]
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+ARMS = ('vanilla', 'sum', 'tbgc', 'tbgc_mat')
+
+
+def build(data_root):
+    import torch
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import DATASETS, DefaultScope
+
+    import projects.allinone  # noqa: F401
+    from projects.allinone.registry import MODELS
+    DefaultScope.get_instance('bench', scope_name='mmdet')
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone_demo.py'))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    batches = []
+    for task, loader in cfg.train_dataloader.items():
+        ds_cfg = copy.deepcopy(loader.dataset)
+        ds_cfg.data_root = ds_cfg.data_root.replace('data/demo/', data_root.rstrip('/') + '/')
+        ds = DATASETS.build(ds_cfg)
+        batches.append((task, pseudo_collate([ds[i] for i in range(loader.batch_size)])))
+    return model, dict(batches)
+
+
+def make_wrapper(arm, model):
+    import torch
+    from mmengine.optim import OptimWrapper
+
+    from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if arm == 'vanilla':
+        return OptimWrapper(opt, clip_grad=dict(max_norm=0.1))
+    if arm == 'sum':
+        return MultiTaskOptimWrapper(opt, aggregator=dict(type='SumAggregator'), clip_grad=dict(max_norm=0.1),
+                                     stats_interval=0)
+    return MultiTaskOptimWrapper(opt, aggregator=dict(type='TBGCAggregator', max_norm=0.1),
+                                 streaming=(arm == 'tbgc'), stats_interval=0)
+
+
+def step(model, wrapper, batch):
+    model.train()
+    model.train_step(batch, wrapper)
+
+
+def run_speed(args):
+    import torch
+    torch.set_num_threads(args.threads)
+    model, batch = build(args.data)
+    models = {arm: copy.deepcopy(model) for arm in ARMS}
+    wrappers = {arm: make_wrapper(arm, models[arm]) for arm in ARMS}
+    times = {arm: [] for arm in ARMS}
+    for i in range(args.warmup + args.steps):
+        order = ARMS if i % 2 == 0 else ARMS[::-1]
+        for arm in order:
+            t0 = time.perf_counter()
+            step(models[arm], wrappers[arm], batch)
+            if i >= args.warmup:
+                times[arm].append(time.perf_counter() - t0)
+    out = dict()
+    for arm in ARMS:
+        ratios = [t / v for t, v in zip(times[arm], times['vanilla'])]
+        out[arm] = dict(median_s=statistics.median(times[arm]), ratio_to_vanilla=statistics.median(ratios))
+    shared = sum(p.numel() * p.element_size() for _, p in model.shared_parameters())
+    return dict(speed=out, shared_param_mb=shared / 2**20)
+
+
+def run_memory_arm(args):
+    import torch
+    torch.set_num_threads(args.threads)
+    model, batch = build(args.data)
+    wrapper = make_wrapper(args.arm, model)
+    for _ in range(args.mem_steps):
+        step(model, wrapper, batch)
+    print(json.dumps(dict(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--data', default=osp.join(REPO, 'data', 'demo'))
+    p.add_argument('--steps', type=int, default=20)
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--mem-steps', type=int, default=4)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'results', 'tbgc.json'))
+    p.add_argument('--arm', help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.arm:
+        return run_memory_arm(args)
+    if not osp.exists(osp.join(args.data, 'meta.json')):
+        subprocess.check_call([sys.executable, osp.join(REPO, 'tools', 'make_demo_data.py'), '--out', args.data])
+    res = run_speed(args)
+    mem = {}
+    for arm in ARMS:
+        outp = subprocess.check_output([sys.executable, __file__, '--arm', arm, '--data', args.data,
+                                        '--mem-steps', str(args.mem_steps), '--threads', str(args.threads)])
+        mem[arm] = json.loads(outp.decode().strip().splitlines()[-1])['peak_rss_mb']
+    res['peak_rss_mb'] = mem
+    res['extra_rss_over_vanilla_mb'] = {a: mem[a] - mem['vanilla'] for a in ARMS}
+    res['machine'] = dict(cpu=platform.processor() or platform.machine(), threads=args.threads,
+                          cores=os.cpu_count())
+    res['steps'] = args.steps
+    os.makedirs(osp.dirname(args.out), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(res, f, indent=1)
+    print(f"shared (backbone) parameters: {res['shared_param_mb']:.1f} MB")
+    print(f"{'arm':10s} {'median step s':>14s} {'ratio to vanilla':>17s} {'peak RSS MB':>12s} {'extra MB':>9s}")
+    for arm in ARMS:
+        s = res['speed'][arm]
+        print(f"{arm:10s} {s['median_s']:14.3f} {s['ratio_to_vanilla']:17.3f} {mem[arm]:12.0f} "
+              f"{res['extra_rss_over_vanilla_mb'][arm]:9.0f}")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,78 @@
+# The embedded demo data (python tools/make_demo_data.py), in the challenge's layout.
+data_root = 'data/demo/'
+det_classes = ('prohibitory', 'warning', 'mandatory', 'stop', 'priority')
+seg_classes = ('road', 'sidewalk', 'building', 'vegetation', 'sky', 'car')
+seg_palette = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (107, 142, 35), (70, 130, 180), (0, 0, 142)]
+cls_classes = ('sedan', 'sedan_rims', 'hatch', 'hatch_rims', 'sedan_spoiler', 'hatch_spoiler')
+
+# ---- detection (mmdet, COCO json) ----
+det_train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+det_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+det_dataset = dict(_scope_='mmdet', type='CocoDataset', data_root=data_root + 'dec/',
+                   metainfo=dict(classes=det_classes), filter_cfg=dict(filter_empty_gt=False))
+
+# ---- segmentation (mmseg, label PNGs) ----
+seg_train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+seg_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+seg_dataset = dict(_scope_='mmseg', type='BaseSegDataset', data_root=data_root + 'seg/',
+                   metainfo=dict(classes=seg_classes, palette=seg_palette),
+                   img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=False)
+
+# ---- classification (mmpretrain, "name label" lists) ----
+cls_train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+cls_test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+cls_dataset = dict(_scope_='mmpretrain', type='CustomDataset', data_root=data_root + 'cls/',
+                   metainfo=dict(classes=cls_classes), with_label=True)
+
+
+def _loader(dataset, batch_size, shuffle):
+    return dict(batch_size=batch_size, num_workers=0,
+                sampler=dict(type='DefaultSampler', shuffle=shuffle), dataset=dataset)
+
+
+train_dataloader = dict(
+    det=_loader(dict(**det_dataset, ann_file='train.json', data_prefix=dict(img='train/'),
+                     pipeline=det_train_pipeline), 8, True),
+    seg=_loader(dict(**seg_dataset, data_prefix=dict(img_path='images/train', seg_map_path='label/train'),
+                     pipeline=seg_train_pipeline), 8, True),
+    cls=_loader(dict(**cls_dataset, ann_file='train.txt', data_prefix='train', pipeline=cls_train_pipeline),
+                16, True),
+)
+val_dataloader = dict(
+    det=_loader(dict(**det_dataset, ann_file='val.json', data_prefix=dict(img='val/'), test_mode=True,
+                     pipeline=det_test_pipeline), 16, False),
+    seg=_loader(dict(**seg_dataset, data_prefix=dict(img_path='images/val', seg_map_path='label/val'),
+                     test_mode=True, pipeline=seg_test_pipeline), 16, False),
+    cls=_loader(dict(**cls_dataset, ann_file='val.txt', data_prefix='val', test_mode=True,
+                     pipeline=cls_test_pipeline), 32, False),
+)
+test_dataloader = val_dataloader
+
+val_evaluator = dict(
+    det=dict(_scope_='mmdet', type='CocoMetric', ann_file=data_root + 'dec/val.json', metric='bbox'),
+    seg=dict(_scope_='mmseg', type='IoUMetric', iou_metrics=['mIoU']),
+    cls=dict(_scope_='mmpretrain', type='Accuracy', topk=(1, )),
+)
+test_evaluator = val_evaluator

@@ -1,0 +1,3 @@
+from .multitask_optim_wrapper import MultiTaskAmpOptimWrapper, MultiTaskOptimWrapper
+
+__all__ = ['MultiTaskAmpOptimWrapper', 'MultiTaskOptimWrapper']

@@ -1,0 +1,354 @@
+"""An OptimWrapper that receives each task's loss separately and combines their gradients."""
+import logging
+import math
+from collections import Counter, OrderedDict
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from mmengine.logging import print_log
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from torch import Tensor, nn
+
+from ...registry import AGGREGATORS, OPTIM_WRAPPERS
+from ..aggregators.base import GradAggregator
+
+
+def _total_norm(grads: Sequence[Tensor]) -> float:
+    grads = [g for g in grads if g is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+
+
+def _add_scaled(acc: List[Optional[Tensor]], grads: List[Optional[Tensor]], factor: float) -> None:
+    """``acc += factor * grads`` in place; a missing ``acc`` entry takes over the gradient tensor."""
+    both = [i for i, (a, g) in enumerate(zip(acc, grads)) if a is not None and g is not None]
+    if both:
+        torch._foreach_add_([acc[i] for i in both], [grads[i] for i in both], alpha=factor)
+    for i, (a, g) in enumerate(zip(acc, grads)):
+        if a is None and g is not None:
+            acc[i] = g.mul_(factor)
+
+
+@OPTIM_WRAPPERS.register_module()
+class MultiTaskOptimWrapper(OptimWrapper):
+    """Per-task backward passes, a pluggable aggregation of the shared gradients, then one step.
+
+    The model (``AllInOneModel.train_step``) calls :meth:`backward_task` once per task with that
+    task's loss, then :meth:`update_tasks`. For every task the wrapper measures the norm of its
+    gradient on the shared parameters and on its own parameters, skips it (with a warning) if
+    either is NaN/Inf, and hands it to the ``aggregator``:
+
+    * a streaming aggregator (``LinearAggregator``: Sum, TBGC) is accumulated on the fly into one
+      buffer the size of the shared parameters: extra memory over a vanilla step is one
+      backbone-sized buffer, never T copies;
+    * any other aggregator gets the ``(T, n)`` matrix of task gradients.
+
+    Every ``stats_interval`` updates the matrix path is taken even for streaming aggregators (same
+    result) to log the pairwise cosine similarity of the task gradients. Logged each iteration per
+    task ``{task}.grad_norm`` (shared, before aggregation), ``{task}.grad_norm_agg`` (its norm as it
+    enters the sum) and ``{task}.weight``.
+
+    The global ``clip_grad`` of :class:`OptimWrapper` still applies to the combined gradient in
+    :meth:`step` (the vanilla baseline: ``SumAggregator`` + ``clip_grad=dict(max_norm=0.1)``).
+    With ``accumulative_counts=k`` each micro-step is aggregated on its own and the update is the
+    mean of the k aggregated gradients.
+
+    Args:
+        optimizer: the optimizer.
+        aggregator: config or instance of a :class:`GradAggregator` (default ``SumAggregator``).
+        streaming: force the matrix path with ``False`` (testing, non-linear methods); default: the
+            aggregator's own ``streaming``.
+        stats_interval: compute the task-gradient cosines every this many updates (0: never).
+    """
+
+    def __init__(self, optimizer, aggregator: Union[dict, GradAggregator] = dict(type='SumAggregator'),
+                 streaming: Optional[bool] = None, stats_interval: int = 50, **kwargs):
+        OptimWrapper.__init__(self, optimizer=optimizer, **kwargs)
+        self._init_multitask(aggregator, streaming, stats_interval)
+
+    # ---------------------------------------------------------------- set-up
+    def _init_multitask(self, aggregator, streaming, stats_interval):
+        self.aggregator = AGGREGATORS.build(aggregator) if isinstance(aggregator, dict) else aggregator
+        if not isinstance(self.aggregator, GradAggregator):
+            raise TypeError(f'optim_wrapper.aggregator must build a GradAggregator, got {type(self.aggregator)}')
+        if streaming and not self.aggregator.streaming:
+            raise ValueError(f'{type(self.aggregator).__name__} needs every task gradient at once; '
+                             'it cannot run with streaming=True')
+        self.streaming = self.aggregator.streaming if streaming is None else bool(streaming)
+        self.stats_interval = int(stats_interval)
+        self._shared: Optional[List[nn.Parameter]] = None
+        self._own: Dict[str, List[nn.Parameter]] = {}
+        self.skipped = Counter()          # task -> number of non-finite steps skipped
+        self.last_stats: Dict[str, float] = {}
+        self._contributed = False         # any finite task gradient since the last step
+        self._reset_pass()
+
+    @property
+    def is_bound(self) -> bool:
+        return self._shared is not None
+
+    def bind(self, partition: Dict[str, List[nn.Parameter]]) -> None:
+        """Learn which parameters are shared and which belong to each task.
+
+        ``partition`` is ``{'shared': [params], task: [params], ...}`` (``parameter_partition()``
+        of the model); every trainable parameter must appear exactly once.
+        """
+        if 'shared' not in partition:
+            raise KeyError("parameter partition needs a 'shared' entry")
+        seen = {}
+        for group, params in partition.items():
+            for p in params:
+                if id(p) in seen:
+                    raise ValueError(f'a parameter belongs to both {seen[id(p)]!r} and {group!r}')
+                seen[id(p)] = group
+        opt_params = {id(p) for g in self.optimizer.param_groups for p in g['params'] if p.requires_grad}
+        outside = len(set(seen) - opt_params)
+        if outside:
+            print_log(f'{outside} parameters of the partition are not in the optimizer: they are never '
+                      'updated', logger='current', level=logging.WARNING)
+        self._shared = list(partition['shared'])
+        self._own = OrderedDict((t, list(ps)) for t, ps in partition.items() if t != 'shared')
+        self.aggregator.bind(list(self._own))
+
+    def _reset_pass(self):
+        self._tasks_seen: List[str] = []
+        self._acc: Optional[List[Optional[Tensor]]] = None     # streaming: sum_t f_t g_t (scaled space)
+        self._rows: List[Tensor] = []                           # matrix path: flat unscaled g_t
+        self._shared_stash: Optional[List[Optional[Tensor]]] = None
+        self._own_stash: Dict[str, List[Optional[Tensor]]] = {}
+        self._stats = OrderedDict()                             # task -> (loss, norm, head_norm, factor)
+
+    # ---------------------------------------------------------------- backward
+    def _backward(self, loss: Tensor) -> None:
+        loss.backward()
+
+    def _grad_scale(self) -> float:
+        """Factor between ``.grad`` and the true gradient (the AMP loss scale; 1 in fp32)."""
+        return 1.0
+
+    def _matrix_pass(self) -> bool:
+        """Matrix path for this update: non-streaming aggregators, or a stats update."""
+        if not self.streaming:
+            return True
+        n = self._inner_count // self._accumulative_counts
+        return self.stats_interval > 0 and n % self.stats_interval == 0
+
+    def backward_task(self, task: str, loss: Tensor) -> None:
+        """Backward of one task's loss; keeps its shared gradient apart from the other tasks'."""
+        if not self.is_bound:
+            raise RuntimeError('MultiTaskOptimWrapper.bind(model.parameter_partition()) must be called '
+                               'before backward_task')
+        if task not in self._own:
+            raise KeyError(f'unknown task {task!r}; the wrapper was bound to {list(self._own)}')
+        if task in self._tasks_seen:
+            raise RuntimeError(f'task {task!r} was backed twice in one iteration')
+        shared, own = self._shared, self._own[task]
+        if self._shared_stash is None:  # running total of earlier micro-steps (None in a plain step)
+            self._shared_stash = [p.grad for p in shared]
+        self._own_stash[task] = [p.grad for p in own]
+        for p in shared + own:
+            p.grad = None
+        self._backward(loss)
+        self._tasks_seen.append(task)
+
+        inv = 1.0 / self._grad_scale()
+        g_shared = [p.grad for p in shared]
+        g_own = [p.grad for p in own]
+        norm, head_norm = _total_norm(g_shared) * inv, _total_norm(g_own) * inv
+        loss_value = float(loss.detach())
+        for p in shared:  # the shared .grad is rebuilt in update_tasks
+            p.grad = None
+        if not (math.isfinite(norm) and math.isfinite(head_norm)):
+            self.skipped[task] += 1
+            print_log(f'task {task!r}: non-finite gradient (shared norm {norm}, own norm {head_norm}, '
+                      f'loss {loss_value}) at update {self._inner_count}; this task is skipped for this '
+                      f'step (skipped {self.skipped[task]} times so far)', logger='current',
+                      level=logging.WARNING)
+            self._on_nonfinite(task)
+            for p, g in zip(own, self._own_stash.pop(task)):
+                p.grad = g
+            return
+        if self._matrix_pass():
+            flat = [(g * inv).reshape(-1) if g is not None else p.new_zeros(p.numel())
+                    for p, g in zip(shared, g_shared)]
+            self._rows.append(torch.cat(flat) if flat else torch.zeros(0))
+            factor = float('nan')
+        else:
+            factor = self.aggregator.task_factor(norm, head_norm, loss_value)
+            if self._acc is None:
+                self._acc = [None] * len(shared)
+            _add_scaled(self._acc, g_shared, factor)
+        self._stats[task] = (loss_value, norm, head_norm, factor)
+
+    def _on_nonfinite(self, task: str) -> None:
+        """Hook for the AMP variant (remembers the overflow)."""
+
+    def _on_skipped_step(self) -> None:
+        """Hook for the AMP variant (backs the loss scale off when no step is taken)."""
+
+    # ---------------------------------------------------------------- combine and step
+    def _loss_divisor(self) -> int:
+        """The k of gradient accumulation for the current micro-step (mmengine's remainder rule)."""
+        if self._accumulative_counts == 1:
+            return 1
+        if self._max_counts == -1 or self._inner_count < self._max_counts - self._remainder_counts:
+            return self._accumulative_counts
+        return self._remainder_counts
+
+    def _combine(self):
+        """Aggregate this micro-step; returns (combined grads in .grad space, weights, head scales)."""
+        tasks = list(self._stats)
+        scale = self._grad_scale()
+        stats = torch.tensor([self._stats[t] for t in tasks], dtype=torch.float64).reshape(-1, 4)
+        losses, norms, head_norms = stats[:, 0], stats[:, 1], stats[:, 2]
+        cos = None
+        if self._rows:
+            G = torch.stack(self._rows)
+            self._rows = []
+            result = self.aggregator.aggregate(G, losses.to(G.dtype), head_norms.to(G.dtype))
+            flat = result.grad * scale
+            combined, offset = [], 0
+            for p in self._shared:
+                combined.append(flat[offset:offset + p.numel()].view_as(p).to(p.dtype))
+                offset += p.numel()
+            weights, head_scales = result.weights, result.head_scales
+            if len(tasks) > 1:
+                unit = G / torch.linalg.vector_norm(G, dim=1, keepdim=True).clamp_min(1e-12)
+                cos = unit @ unit.T
+        else:
+            factors = stats[:, 3]
+            weights, head_scales, common = self.aggregator.finish(norms, head_norms, factors)
+            combined = self._acc or []
+            if common != 1.0:
+                torch._foreach_mul_([c for c in combined if c is not None], common)
+        self._acc = None
+        return tasks, combined, weights, head_scales, norms, losses, cos
+
+    def update_tasks(self, model: Optional[nn.Module] = None) -> None:
+        """Combine the task gradients of this iteration into ``.grad`` and step when due."""
+        if not self.is_bound:
+            raise RuntimeError('update_tasks called before bind()')
+        self._inner_count += 1
+        k = self._loss_divisor()
+        shared_stash = self._shared_stash or [None] * len(self._shared)
+        if self._stats:
+            tasks, combined, weights, head_scales, norms, losses, cos = self._combine()
+            self._contributed = True
+            for p, total, c in zip(self._shared, shared_stash, combined or [None] * len(self._shared)):
+                if c is not None and k != 1:
+                    c.div_(k)
+                p.grad = c if total is None else (total if c is None else total.add_(c))
+            for t, hs in zip(tasks, head_scales.tolist()):
+                for p, total in zip(self._own[t], self._own_stash.pop(t)):
+                    g = p.grad
+                    if g is not None:
+                        g.mul_(hs / k)
+                    p.grad = g if total is None else (total if g is None else total.add_(g))
+            self._log(tasks, weights, norms, losses, cos)
+        else:
+            for p, total in zip(self._shared, shared_stash):
+                p.grad = total
+        self._reset_pass()
+        if self.should_update():
+            if self._contributed:
+                self.step()
+            else:
+                print_log('every task gradient was non-finite since the last update: optimizer step '
+                          'skipped', logger='current', level=logging.WARNING)
+                self._on_skipped_step()
+            self.zero_grad()
+            self._contributed = False
+
+    def _log(self, tasks, weights, norms, losses, cos) -> None:
+        stats = OrderedDict()
+        for i, t in enumerate(tasks):
+            w = float(weights[i])
+            stats[f'{t}.grad_norm'] = float(norms[i])
+            stats[f'{t}.grad_norm_agg'] = abs(w) * float(norms[i])
+            stats[f'{t}.weight'] = w
+        if cos is not None:
+            for i in range(len(tasks)):
+                for j in range(i + 1, len(tasks)):
+                    stats[f'cos.{tasks[i]}-{tasks[j]}'] = float(cos[i, j])
+        for t, n in self.skipped.items():
+            stats[f'{t}.nonfinite_skips'] = float(n)
+        self.last_stats = stats
+        for key, value in stats.items():
+            self.message_hub.update_scalar(f'train/{key}', value)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        agg = self.aggregator.state_dict()
+        if agg:
+            state['aggregator'] = agg
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        agg = state_dict.pop('aggregator', None)
+        if agg is not None:
+            self.aggregator.load_state_dict(agg)
+        super().load_state_dict(state_dict)
+
+
+@OPTIM_WRAPPERS.register_module()
+class MultiTaskAmpOptimWrapper(MultiTaskOptimWrapper, AmpOptimWrapper):
+    """Mixed-precision variant: per-task statistics and clipping act on *unscaled* gradients.
+
+    Each task's loss is scaled by the loss scaler before its backward; its norms are divided by the
+    scale before the aggregator sees them, the combined gradient stays in the scaled space and
+    :meth:`AmpOptimWrapper.step` unscales it once (then the global clip, if any, and the step). A
+    task whose scaled gradient overflows is skipped for that step and the scale is backed off, as
+    GradScaler would after an overflow. Unlike mmengine's ``AmpOptimWrapper`` it also runs on CPU
+    (``torch.amp.GradScaler('cpu')``, bf16 autocast), which is how it is tested here.
+
+    Args:
+        loss_scale: ``'dynamic'``, a float (static scale) or GradScaler kwargs.
+        dtype: autocast dtype (``'float16'``, ``'bfloat16'``; default: the device's).
+        Others: as :class:`MultiTaskOptimWrapper`.
+    """
+
+    def __init__(self, optimizer, aggregator=dict(type='SumAggregator'), streaming=None, stats_interval=50,
+                 loss_scale='dynamic', dtype=None, **kwargs):
+        OptimWrapper.__init__(self, optimizer=optimizer, **kwargs)
+        self._init_multitask(aggregator, streaming, stats_interval)
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        self._scale_update_param = None
+        if loss_scale == 'dynamic':
+            self.loss_scaler = torch.amp.GradScaler(device)
+        elif isinstance(loss_scale, float):
+            self._scale_update_param = loss_scale
+            self.loss_scaler = torch.amp.GradScaler(device, init_scale=loss_scale)
+        elif isinstance(loss_scale, dict):
+            self.loss_scaler = torch.amp.GradScaler(device, **loss_scale)
+        else:
+            raise TypeError(f'loss_scale must be "dynamic", a float or a dict, got {loss_scale!r}')
+        if isinstance(dtype, str):
+            if dtype not in self.valid_dtypes:
+                raise ValueError(f'dtype must be one of {self.valid_dtypes}, got {dtype!r}')
+            dtype = getattr(torch, dtype)
+        self.cast_dtype = dtype
+        self._overflowed = False
+
+    def _backward(self, loss: Tensor) -> None:
+        self.loss_scaler.scale(loss).backward()
+
+    def _grad_scale(self) -> float:
+        return float(self.loss_scaler.get_scale()) if self.loss_scaler.is_enabled() else 1.0
+
+    def _on_nonfinite(self, task: str) -> None:
+        self._overflowed = True
+
+    def _back_off(self) -> None:
+        if self._overflowed and self._scale_update_param is None and self.loss_scaler.is_enabled():
+            new = self.loss_scaler.get_scale() * self.loss_scaler.get_backoff_factor()
+            self.loss_scaler.update(new_scale=float(new))
+        self._overflowed = False
+
+    def _on_skipped_step(self) -> None:
+        self._back_off()
+
+    def step(self, **kwargs) -> None:
+        AmpOptimWrapper.step(self, **kwargs)
+        self._back_off()

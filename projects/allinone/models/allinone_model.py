@@ -1,0 +1,191 @@
+"""One shared backbone, one complete OpenMMLab model per task."""
+import copy
+from collections import OrderedDict
+from typing import Dict, Iterator, List, Optional, Tuple, Union
+
+import torch
+from mmengine.model import BaseModel, ModuleDict
+from mmengine.optim import OptimWrapper
+from mmengine.registry import MODELS as ROOT_MODELS
+from torch import nn
+
+from ..registry import MODELS
+
+PASS_THROUGH = 'SharedFeatures'
+
+
+@MODELS.register_module()
+class AllInOneModel(BaseModel):
+    """Multi-task model: ``backbone`` is shared; ``tasks`` maps a task name to a full model config.
+
+    A task entry is the config of a real OpenMMLab model (an mmdet detector such as RTMDet or DINO,
+    an mmseg ``EncoderDecoder``, an mmpretrain ``ImageClassifier``), written without a backbone; the
+    task keeps its own neck(s), head(s), train/test settings, data sample type and data
+    preprocessor, and its backbone becomes :class:`SharedFeatures`. So the task set (names, count,
+    heads) is config only: drop an entry, or add a second detector under another name.
+
+    Data flow: each batch is ``{task_name: batch_of_that_task}``. ``train_step`` runs task by task
+    (preprocess -> shared backbone -> task loss) and hands each task's loss to the optim wrapper
+    separately, so a per-task gradient wrapper (``MultiTaskOptimWrapper``) can keep the tasks'
+    backbone gradients apart; each task's graph is freed after its backward.
+
+    Args:
+        backbone: config of the shared backbone (any registered backbone, e.g. mmdet ``ResNet`` or
+            ``dict(_scope_='mmpretrain', type='VisionTransformer', ...)``).
+        tasks: ordered ``{name: model config}``; the order is the order of the per-task passes.
+        task_loss_weights: optional ``{name: float}`` static loss weights (default 1).
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 tasks: Dict[str, dict],
+                 task_loss_weights: Optional[Dict[str, float]] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg=None):
+        # the top-level preprocessor only moves data to the device; each task normalises its own
+        super().__init__(data_preprocessor=data_preprocessor or dict(type='BaseDataPreprocessor'),
+                         init_cfg=init_cfg)
+        if not isinstance(tasks, dict) or not tasks:
+            raise ValueError('model.tasks must be a non-empty dict {task_name: model config}, '
+                             f'got {tasks!r}')
+        self.backbone = MODELS.build(backbone)
+        self.tasks = ModuleDict()
+        for name, cfg in tasks.items():
+            self.tasks[name] = self._build_task(name, cfg)
+        weights = dict(task_loss_weights or {})
+        unknown = set(weights) - set(self.tasks)
+        if unknown:
+            raise KeyError(f'model.task_loss_weights names unknown task(s) {sorted(unknown)}; '
+                           f'tasks are {list(self.tasks)}')
+        self.task_loss_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+
+    @staticmethod
+    def _build_task(name: str, cfg: dict) -> BaseModel:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f'task name {name!r} must be a python identifier (it prefixes log keys)')
+        if not isinstance(cfg, dict) or 'type' not in cfg:
+            raise ValueError(f'model.tasks.{name} must be a model config dict with a "type"')
+        cfg = copy.deepcopy(dict(cfg))
+        if 'backbone' in cfg:
+            bb = cfg['backbone']
+            if not (isinstance(bb, dict) and bb.get('type') == PASS_THROUGH):
+                raise ValueError(f'model.tasks.{name} has a backbone of its own; the backbone is '
+                                 'shared (model.backbone). To feed this task a subset of the '
+                                 f"shared levels use backbone=dict(type='{PASS_THROUGH}', "
+                                 'in_indices=[...]).')
+        else:
+            cfg['backbone'] = dict(type=PASS_THROUGH)
+        model = ROOT_MODELS.build(cfg)
+        if not isinstance(model, BaseModel) or not hasattr(model, 'loss') or not hasattr(model, 'predict'):
+            raise TypeError(f'model.tasks.{name} built {type(model).__name__}, which is not an '
+                            'OpenMMLab model with loss() and predict()')
+        return model
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def task_names(self) -> List[str]:
+        return list(self.tasks.keys())
+
+    def shared_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        """Trainable parameters every task's loss reaches (the shared backbone)."""
+        for n, p in self.backbone.named_parameters(prefix='backbone'):
+            if p.requires_grad:
+                yield n, p
+
+    def task_parameters(self, task: str) -> Iterator[Tuple[str, nn.Parameter]]:
+        """Trainable parameters only ``task``'s loss reaches (its necks, heads)."""
+        for n, p in self.tasks[task].named_parameters(prefix=f'tasks.{task}'):
+            if p.requires_grad:
+                yield n, p
+
+    def parameter_partition(self) -> Dict[str, List[nn.Parameter]]:
+        """``{'shared': [...], task: [...]}`` for the per-task gradient optim wrapper."""
+        part = OrderedDict(shared=[p for _, p in self.shared_parameters()])
+        for t in self.tasks:
+            part[t] = [p for _, p in self.task_parameters(t)]
+        return part
+
+    # ------------------------------------------------------------------ forward
+    def _check_task(self, task: str) -> BaseModel:
+        if task not in self.tasks:
+            raise KeyError(f'batch for unknown task {task!r}; the model has tasks {self.task_names}')
+        return self.tasks[task]
+
+    def extract_feat(self, inputs: torch.Tensor):
+        feats = self.backbone(inputs)
+        return tuple(feats) if isinstance(feats, (list, tuple)) else (feats, )
+
+    def task_loss(self, task: str, batch: dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Preprocess ``batch`` with the task's own preprocessor and return its weighted loss."""
+        model = self._check_task(task)
+        batch = model.data_preprocessor(batch, True)
+        feats = self.extract_feat(batch['inputs'])
+        losses = model.loss(feats, batch['data_samples'])
+        loss, log_vars = self.parse_losses(losses)
+        weight = self.task_loss_weights[task]
+        if weight != 1.0:
+            loss = loss * weight
+        log_vars = OrderedDict((f'{task}.{k}' if k != 'loss' else f'{task}.loss', v) for k, v in log_vars.items())
+        return loss, log_vars
+
+    def train_step(self, data: Dict[str, dict], optim_wrapper: OptimWrapper) -> Dict[str, torch.Tensor]:
+        if not isinstance(data, dict) or not data:
+            raise TypeError('AllInOneModel.train_step expects {task_name: batch}; build the run with '
+                            'MultiTaskTrainLoop (train_cfg.type)')
+        log_vars = OrderedDict()
+        per_task = hasattr(optim_wrapper, 'backward_task')
+        if per_task and not optim_wrapper.is_bound:
+            optim_wrapper.bind(self.parameter_partition())
+        total = 0.
+        with optim_wrapper.optim_context(self):
+            for task, batch in data.items():
+                loss, task_logs = self.task_loss(task, batch)
+                log_vars.update(task_logs)
+                if per_task:
+                    optim_wrapper.backward_task(task, loss)
+                else:
+                    total = total + loss
+        if per_task:
+            optim_wrapper.update_tasks(self)
+        else:
+            optim_wrapper.update_params(total)
+        log_vars['loss'] = sum(v for k, v in log_vars.items() if k.endswith('.loss'))
+        return log_vars
+
+    def _predict_task(self, data: Dict[str, dict]) -> list:
+        if not isinstance(data, dict) or len(data) != 1:
+            raise TypeError('val_step/test_step expect {task_name: batch} with exactly one task')
+        (task, batch), = data.items()
+        model = self._check_task(task)
+        batch = model.data_preprocessor(batch, False)
+        feats = self.extract_feat(batch['inputs'])
+        return model.predict(feats, batch['data_samples'])
+
+    def val_step(self, data: Dict[str, dict]) -> list:
+        return self._predict_task(data)
+
+    def test_step(self, data: Dict[str, dict]) -> list:
+        return self._predict_task(data)
+
+    def forward(self,
+                inputs: torch.Tensor,
+                data_samples: Optional[list] = None,
+                mode: str = 'tensor',
+                task: Optional[str] = None) -> Union[dict, list, tuple]:
+        """Run one task on already preprocessed ``inputs`` (``mode`` as in every OpenMMLab model).
+
+        ``task=None`` with ``mode='tensor'`` returns the shared backbone features.
+        """
+        feats = self.extract_feat(inputs)
+        if task is None:
+            if mode != 'tensor':
+                raise ValueError(f'mode={mode!r} needs a task (one of {self.task_names})')
+            return feats
+        model = self._check_task(task)
+        if mode == 'loss':
+            return model.loss(feats, data_samples)
+        if mode == 'predict':
+            return model.predict(feats, data_samples)
+        if mode == 'tensor':
+            return model._forward(feats, data_samples)
+        raise ValueError(f'invalid mode {mode!r}; use loss, predict or tensor')

@@ -1,0 +1,17 @@
+"""Where AllInOne registers its modules.
+
+Like mmdetection's ``projects/``, AllInOne runs under ``default_scope='mmdet'`` and registers into
+mmdet's registries, so an mmdet user's configs, tools and habits carry over. Parts from the other
+libraries are named with ``_scope_='mmseg'`` / ``_scope_='mmpretrain'`` in the config, which makes
+mmengine build them (and everything nested in them) from that library's registry.
+"""
+from mmdet.registry import (DATASETS, HOOKS, LOOPS, METRICS, MODEL_WRAPPERS, MODELS, OPTIM_WRAPPERS,
+                            TRANSFORMS)
+from mmengine.registry import Registry
+
+#: Gradient aggregation methods (see ``projects/allinone/engine/aggregators``).
+AGGREGATORS = Registry('gradient aggregator', scope='allinone',
+                       locations=['projects.allinone.engine.aggregators'])
+
+__all__ = ['AGGREGATORS', 'DATASETS', 'HOOKS', 'LOOPS', 'METRICS', 'MODELS', 'MODEL_WRAPPERS',
+           'OPTIM_WRAPPERS', 'TRANSFORMS']

@@ -1,0 +1,68 @@
+import copy
+import os
+import os.path as osp
+import sys
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+DEMO_CFG = osp.join(REPO, 'configs', 'allinone_demo.py')
+
+
+@pytest.fixture(scope='session')
+def demo_data(tmp_path_factory):
+    """A small copy of the demo data set (5% of its size), generated once per test session."""
+    from tools.make_demo_data import main
+    out = str(tmp_path_factory.mktemp('demo_data'))
+    main(['--out', out, '--scale', '0.05'])
+    return out
+
+
+def retarget(obj, old: str, new: str):
+    """Replace the path prefix ``old`` by ``new`` in every string of a nested config."""
+    if isinstance(obj, dict):
+        for k in list(obj.keys()):
+            obj[k] = retarget(obj[k], old, new)
+        return obj
+    if isinstance(obj, list):
+        return [retarget(v, old, new) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(retarget(v, old, new) for v in obj)
+    if isinstance(obj, str) and obj.startswith(old):
+        return new + obj[len(old):]
+    return obj
+
+
+@pytest.fixture
+def demo_cfg(demo_data, tmp_path):
+    """The demo config pointed at the small data, a temporary work dir and a few iterations."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(DEMO_CFG)
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator', 'test_evaluator'):
+        cfg[key] = retarget(copy.deepcopy(cfg[key]), 'data/demo/', demo_data.rstrip('/') + '/')
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.train_cfg.max_iters = 4
+    cfg.train_cfg.val_interval = 4
+    cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint.interval = 2
+    cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
+    for loader in cfg.train_dataloader.values():
+        loader.batch_size = 2
+    return cfg
+
+
+@pytest.fixture(scope='session')
+def registered():
+    import projects.allinone  # noqa: F401
+    from mmengine.registry import DefaultScope
+    if DefaultScope.get_current_instance() is None:
+        DefaultScope.get_instance('allinone-tests', scope_name='mmdet')
+    return True

@@ -1,0 +1,290 @@
+"""The per-task gradient optim wrapper and TBGC, checked against hand computations."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from projects.allinone.engine.aggregators import SumAggregator, TBGCAggregator
+from projects.allinone.engine.optim_wrappers import MultiTaskAmpOptimWrapper, MultiTaskOptimWrapper
+
+EPS = 1e-6
+
+
+class TinyMTL(nn.Module):
+    """A shared trunk and two task heads; each task has its own inputs (as in AllInOne)."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.shared = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8))
+        self.heads = nn.ModuleDict(a=nn.Linear(8, 1), b=nn.Linear(8, 3))
+
+    def partition(self):
+        return dict(shared=list(self.shared.parameters()), a=list(self.heads['a'].parameters()),
+                    b=list(self.heads['b'].parameters()))
+
+    def loss(self, task, x, scale=1.0):
+        out = self.heads[task](self.shared(x))
+        return (out ** 2).mean() * scale
+
+
+def batches(seed=1, n=2):
+    g = torch.Generator().manual_seed(seed)
+    return [dict(a=torch.randn(5, 4, generator=g) * 3, b=torch.randn(6, 4, generator=g)) for _ in range(n)]
+
+
+def params_of(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def hand_aggregate(model, batch, factor_fn, scales=None, autocast=False):
+    """Reference: per task, backward alone, factor from its shared norm, weighted sum."""
+    shared = list(model.shared.parameters())
+    acc = {p: torch.zeros_like(p) for p in model.parameters()}
+    for task, x in batch.items():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            loss = model.loss(task, x, (scales or {}).get(task, 1.0))
+        loss.backward()
+        norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in shared))
+        c = factor_fn(norm)
+        for p in shared + list(model.heads[task].parameters()):
+            acc[p] += c * p.grad
+    model.zero_grad(set_to_none=True)
+    return acc
+
+
+def run_wrapper(model, wrapper, batch, scales=None):
+    if not wrapper.is_bound:
+        wrapper.bind(model.partition())
+    with wrapper.optim_context(model):
+        for task, x in batch.items():
+            wrapper.backward_task(task, model.loss(task, x, (scales or {}).get(task, 1.0)))
+    wrapper.update_tasks(model)
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=1.0)
+
+
+def assert_step_equals(model, before, acc):
+    for p, p0 in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), p0 - acc[p], rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize('streaming', [True, False])
+def test_tbgc_matches_hand_computation(streaming):
+    ref, model = TinyMTL(), TinyMTL()
+    batch = batches()[0]
+    acc = hand_aggregate(ref, batch, lambda n: min(1.0, 0.1 / (n + EPS)))
+    before = params_of(model)
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=dict(type='TBGCAggregator', max_norm=0.1),
+                                    streaming=streaming)
+    run_wrapper(model, wrapper, batch)
+    assert_step_equals(model, before, acc)
+    # the clip binds for both tasks here, so both reach the shared parameters with norm 0.1
+    for t in 'ab':
+        assert wrapper.last_stats[f'{t}.grad_norm'] > 0.1
+        assert wrapper.last_stats[f'{t}.grad_norm_agg'] == pytest.approx(0.1, rel=1e-4)
+
+
+def test_tbgc_does_not_clip_small_gradients():
+    ref, model = TinyMTL(), TinyMTL()
+    batch = batches()[0]
+    acc = hand_aggregate(ref, batch, lambda n: min(1.0, 1e3 / (n + EPS)))
+    before = params_of(model)
+    run_wrapper(model, MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=1e3)), batch)
+    assert_step_equals(model, before, acc)  # factor 1: the plain sum
+
+
+def test_tbgc_amp_clips_unscaled_gradients():
+    """Loss scale 2**14 makes the scaled norm exceed max_norm; the unscaled one does not."""
+    ref, model = TinyMTL(), TinyMTL()
+    batch = batches()[0]
+    max_norm = 5.0
+    acc = hand_aggregate(ref, batch, lambda n: min(1.0, max_norm / (n + EPS)), autocast=True)
+    before = params_of(model)
+    wrapper = MultiTaskAmpOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=max_norm),
+                                       loss_scale=2.0 ** 14, dtype='bfloat16')
+    run_wrapper(model, wrapper, batch)
+    assert_step_equals(model, before, acc)
+    assert all(wrapper.last_stats[f'{t}.grad_norm'] < max_norm for t in 'ab')
+
+
+def test_tbgc_amp_with_binding_clip_matches_hand():
+    ref, model = TinyMTL(), TinyMTL()
+    batch = batches()[0]
+    acc = hand_aggregate(ref, batch, lambda n: min(1.0, 0.1 / (n + EPS)), autocast=True)
+    before = params_of(model)
+    wrapper = MultiTaskAmpOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1),
+                                       loss_scale=1024.0, dtype='bfloat16', streaming=False)
+    run_wrapper(model, wrapper, batch)
+    assert_step_equals(model, before, acc)
+
+
+def test_vanilla_equals_joint_backward_with_global_clip():
+    """SumAggregator + clip_grad is exactly mmengine's OptimWrapper on the summed loss."""
+    from mmengine.optim import OptimWrapper
+    ref, model = TinyMTL(), TinyMTL()
+    batch = batches()[0]
+    ow = OptimWrapper(sgd(ref), clip_grad=dict(max_norm=0.5))
+    ow.update_params(sum(ref.loss(t, x) for t, x in batch.items()))
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=dict(type='SumAggregator'), clip_grad=dict(max_norm=0.5))
+    run_wrapper(model, wrapper, batch)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_nonfinite_task_is_skipped_and_others_update():
+    ref, model = TinyMTL(), TinyMTL()
+    batch = batches()[0]
+    # reference: task a alone
+    acc = hand_aggregate(ref, dict(a=batch['a']), lambda n: min(1.0, 0.1 / (n + EPS)))
+    before = params_of(model)
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1))
+    run_wrapper(model, wrapper, batch, scales=dict(b=float('nan')))
+    assert wrapper.skipped['b'] == 1
+    assert_step_equals(model, before, acc)
+    for p in model.parameters():
+        assert torch.isfinite(p).all()
+    head_b_before = before[-2:]
+    for p, p0 in zip(model.heads['b'].parameters(), head_b_before):
+        assert torch.equal(p, p0)  # the skipped task's head is untouched
+
+
+def test_all_tasks_nonfinite_skips_the_step():
+    model = TinyMTL()
+    before = params_of(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    wrapper = MultiTaskOptimWrapper(opt, aggregator=TBGCAggregator())
+    run_wrapper(model, wrapper, batches()[0], scales=dict(a=float('inf'), b=float('nan')))
+    for p, p0 in zip(model.parameters(), before):
+        assert torch.equal(p, p0)  # not even AdamW's weight decay moved anything
+    assert not opt.state  # no step taken
+
+
+def test_amp_overflow_backs_off_loss_scale():
+    model = TinyMTL()
+    wrapper = MultiTaskAmpOptimWrapper(sgd(model), aggregator=TBGCAggregator(), dtype='bfloat16')
+    scale0 = wrapper.loss_scaler.get_scale()
+    run_wrapper(model, wrapper, batches()[0], scales=dict(b=float('inf')))
+    assert wrapper.skipped['b'] == 1
+    assert wrapper.loss_scaler.get_scale() == scale0 * 0.5
+    for p in model.parameters():
+        assert torch.isfinite(p).all()
+
+
+@pytest.mark.parametrize('rescale', ['min', 'mean', 'max', 0.05])
+def test_zero_norm_task_does_not_divide_by_zero(rescale):
+    model = TinyMTL()
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1, rescale=rescale))
+    run_wrapper(model, wrapper, batches()[0], scales=dict(b=0.0))
+    assert wrapper.skipped['b'] == 0
+    assert wrapper.last_stats['b.grad_norm'] == 0.0
+    assert wrapper.last_stats['b.weight'] == 0.0
+    for p in model.parameters():
+        assert torch.isfinite(p).all()
+
+
+@pytest.mark.parametrize('rescale', ['min', 'mean', 'max', 0.02])
+def test_rescale_gives_every_task_the_common_norm(rescale):
+    model = TinyMTL()
+    batch = batches()[0]
+    # task b's loss is tiny so its clip does not bind: rescale brings it to the common norm
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1, rescale=rescale))
+    run_wrapper(model, wrapper, batch, scales=dict(b=1e-4))
+    s = wrapper.last_stats
+    clipped = [min(s[f'{t}.grad_norm'], 0.1) for t in 'ab']
+    target = dict(min=min(clipped), mean=sum(clipped) / 2, max=max(clipped)).get(rescale, rescale)
+    for t in 'ab':
+        assert s[f'{t}.grad_norm_agg'] == pytest.approx(target, rel=1e-5)
+
+
+def test_streaming_and_matrix_paths_agree_for_every_tbgc_variant():
+    for kwargs in [dict(), dict(norm_on='all'), dict(rescale='mean'), dict(head_max_norm=0.05),
+                   dict(rescale=0.3, norm_on='all', head_max_norm=1.0)]:
+        m1, m2 = TinyMTL(), TinyMTL()
+        for m, streaming in ((m1, True), (m2, False)):
+            w = MultiTaskOptimWrapper(sgd(m), aggregator=TBGCAggregator(**kwargs), streaming=streaming)
+            for batch in batches(n=2):
+                run_wrapper(m, w, batch)
+        for p, q in zip(m1.parameters(), m2.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=str(kwargs))
+
+
+def test_head_max_norm_clips_heads_on_their_own():
+    model = TinyMTL()
+    batch = batches()[0]
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1, head_max_norm=0.01))
+    ref = TinyMTL()
+    before = params_of(model)
+    run_wrapper(model, wrapper, batch)
+    for t in 'ab':
+        ref.zero_grad()
+        ref.loss(t, batch[t]).backward()
+        hg = [p.grad for p in ref.heads[t].parameters()]
+        hn = math.sqrt(sum(float(g.pow(2).sum()) for g in hg))
+        c = min(1.0, 0.01 / (hn + EPS))
+        idx = {'a': slice(4, 6), 'b': slice(6, 8)}[t]
+        for p, p0, g in zip(list(model.parameters())[idx], before[idx], hg):
+            torch.testing.assert_close(p.detach(), p0 - c * g, rtol=1e-6, atol=1e-8)
+
+
+def test_gradient_accumulation_averages_aggregated_micro_steps():
+    ref, model = TinyMTL(), TinyMTL()
+    bs = batches(n=2)
+    fn = lambda n: min(1.0, 0.1 / (n + EPS))  # noqa: E731
+    acc1 = hand_aggregate(ref, bs[0], fn)
+    acc2 = hand_aggregate(ref, bs[1], fn)
+    acc = {p: (acc1[p] + acc2[p]) / 2 for p in acc1}
+    acc = {pm: acc[pr] for pm, pr in zip(model.parameters(), ref.parameters())}
+    before = params_of(model)
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1), accumulative_counts=2)
+    run_wrapper(model, wrapper, bs[0])
+    for p, p0 in zip(model.parameters(), before):
+        assert torch.equal(p, p0)  # no step after the first micro-step
+    run_wrapper(model, wrapper, bs[1])
+    assert_step_equals(model, before, acc)
+
+
+def test_cosines_are_logged_on_stats_updates():
+    model = TinyMTL()
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(), stats_interval=2)
+    batch = batches()[0]
+    run_wrapper(model, wrapper, batch)  # update 0: a stats update
+    assert -1.0 <= wrapper.last_stats['cos.a-b'] <= 1.0
+    run_wrapper(model, wrapper, batch)  # update 1: streaming, no cosine
+    assert 'cos.a-b' not in wrapper.last_stats
+    from mmengine.logging import MessageHub
+    assert 'train/cos.a-b' in MessageHub.get_current_instance().log_scalars
+
+
+def test_linear_aggregate_on_random_matrices():
+    torch.manual_seed(0)
+    G = torch.randn(3, 50, dtype=torch.float64) * torch.tensor([[100.], [1.], [0.01]], dtype=torch.float64)
+    res = TBGCAggregator(max_norm=0.1).aggregate(G, torch.zeros(3))
+    norms = G.norm(dim=1)
+    expect = sum(min(1.0, 0.1 / (float(n) + EPS)) * g for n, g in zip(norms, G))
+    torch.testing.assert_close(res.grad, expect)
+    res = SumAggregator().aggregate(G, torch.zeros(3))
+    torch.testing.assert_close(res.grad, G.sum(0))
+    torch.testing.assert_close(res.weights, torch.ones(3, dtype=torch.float64))
+
+
+def test_bad_configuration_errors():
+    with pytest.raises(ValueError, match='max_norm'):
+        TBGCAggregator(max_norm=0)
+    with pytest.raises(ValueError, match='rescale'):
+        TBGCAggregator(rescale='median')
+    model = TinyMTL()
+    w = MultiTaskOptimWrapper(sgd(model))
+    with pytest.raises(RuntimeError, match='bind'):
+        w.backward_task('a', model.loss('a', torch.ones(1, 4)))
+    w.bind(model.partition())
+    with pytest.raises(KeyError, match='unknown task'):
+        w.backward_task('c', model.loss('a', torch.ones(1, 4)))
+    part = model.partition()
+    part['b'] = part['b'] + part['a'][:1]
+    with pytest.raises(ValueError, match='belongs to both'):
+        MultiTaskOptimWrapper(sgd(model)).bind(part)
