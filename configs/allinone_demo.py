@@ -48,8 +48,8 @@ model = dict(
                       loss=dict(type='CrossEntropyLoss', loss_weight=1.0))),
     ))
 
-max_iters = 1200
-train_cfg = dict(type='MultiTaskTrainLoop', max_iters=max_iters, val_interval=400)
+max_iters = 1000
+train_cfg = dict(type='MultiTaskTrainLoop', max_iters=max_iters, val_interval=500)
 val_cfg = dict(type='MultiTaskValLoop')
 # `tools/test.py --submit OUT.json` writes the challenge file; detection goes under 'dec' there
 test_cfg = dict(type='MultiTaskTestLoop', submission=dict(keys=dict(det='dec')))
@@ -63,4 +63,4 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters, eta_min=2e-5),
 ]
-default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=400))
+default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=500))

@@ -107,7 +107,7 @@ def test_drop_a_task_and_add_a_second_detector_by_config(registered, model_cfg, 
     assert two.task_names == ['seg', 'cls']
     cfg = copy.deepcopy(model_cfg)
     cfg.tasks['det2'] = copy.deepcopy(cfg.tasks['det'])
-    cfg.tasks['det2'].bbox_head.num_classes = 3
+    cfg.tasks['det2'].bbox_head.feat_channels = 32  # a different head on the same shared features
     four = build(cfg)
     assert four.task_names == ['det', 'seg', 'cls', 'det2']
     batch, _ = loader_batch(demo_cfg, 'det')

@@ -18,7 +18,7 @@ class TinyMTL(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.shared = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8))
-        self.heads = nn.ModuleDict(a=nn.Linear(8, 1), b=nn.Linear(8, 3))
+        self.heads = nn.ModuleDict(dict(a=nn.Linear(8, 1), b=nn.Linear(8, 3)))
 
     def partition(self):
         return dict(shared=list(self.shared.parameters()), a=list(self.heads['a'].parameters()),
@@ -52,7 +52,7 @@ def hand_aggregate(model, batch, factor_fn, scales=None, autocast=False):
         for p in shared + list(model.heads[task].parameters()):
             acc[p] += c * p.grad
     model.zero_grad(set_to_none=True)
-    return acc
+    return [acc[p] for p in model.parameters()]
 
 
 def run_wrapper(model, wrapper, batch, scales=None):
@@ -69,8 +69,9 @@ def sgd(model):
 
 
 def assert_step_equals(model, before, acc):
-    for p, p0 in zip(model.parameters(), before):
-        torch.testing.assert_close(p.detach(), p0 - acc[p], rtol=1e-6, atol=1e-8)
+    """SGD with lr 1: the parameter change is minus the combined gradient."""
+    for p, p0, a in zip(model.parameters(), before, acc):
+        torch.testing.assert_close(p.detach(), p0 - a, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize('streaming', [True, False])
@@ -237,8 +238,7 @@ def test_gradient_accumulation_averages_aggregated_micro_steps():
     fn = lambda n: min(1.0, 0.1 / (n + EPS))  # noqa: E731
     acc1 = hand_aggregate(ref, bs[0], fn)
     acc2 = hand_aggregate(ref, bs[1], fn)
-    acc = {p: (acc1[p] + acc2[p]) / 2 for p in acc1}
-    acc = {pm: acc[pr] for pm, pr in zip(model.parameters(), ref.parameters())}
+    acc = [(a1 + a2) / 2 for a1, a2 in zip(acc1, acc2)]
     before = params_of(model)
     wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1), accumulative_counts=2)
     run_wrapper(model, wrapper, bs[0])

@@ -27,9 +27,12 @@ def test_train_validate_and_leaderboard(registered, demo_cfg):
         assert f'train/{task}.loss' in scalars, 'per-task loss is logged'
         assert f'train/{task}.grad_norm' in scalars, 'per-task shared gradient norm is logged'
     board = json.load(open(osp.join(demo_cfg.work_dir, 'leaderboard.json')))
-    for key in ('det/coco/bbox_mAP_50', 'seg/mIoU', 'cls/accuracy/top1', 'leaderboard/A'):
+    for key in ('seg/mIoU', 'cls/accuracy/top1', 'leaderboard/det', 'leaderboard/A'):
         assert key in board
-    expect = (board['det/coco/bbox_mAP_50'] + board['seg/mIoU'] / 100 + board['cls/accuracy/top1'] / 100) / 3
+    # after 4 iterations the detector may have no detection at all: CocoMetric then reports nothing
+    det = board.get('det/coco/bbox_mAP_50', 0.0)
+    assert board['leaderboard/det'] == det
+    expect = (det + board['seg/mIoU'] / 100 + board['cls/accuracy/top1'] / 100) / 3
     assert board['leaderboard/A'] == pytest.approx(expect)
     assert osp.exists(osp.join(demo_cfg.work_dir, 'leaderboard.png'))
     assert osp.exists(osp.join(demo_cfg.work_dir, 'iter_4.pth'))
@@ -43,15 +46,20 @@ def test_checkpoint_loads_with_safe_loading(registered, tmp_path):
     path = tmp_path / 'c.pth'
     torch.save(dict(message_hub=dict(log_scalars={'x': buf}), meta=dict(a=np.arange(3), s=np.int64(2))), path)
     ckpt = torch.load(path, weights_only=True)
-    assert ckpt['message_hub']['log_scalars']['x'].current() == 1.5
+    loaded = ckpt['message_hub']['log_scalars']['x']
+    assert loaded.current() == 1.5 and loaded.mean() == 1.5  # statistics methods work after loading
+    # nothing beyond the allow-list is needed (in particular not builtins.getattr)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == []
 
 
 @pytest.mark.slow
 def test_resume_continues_the_same_run(registered, demo_cfg):
-    """4 iterations in one go == 2 iterations, stop, resume, 2 more (no random augmentation)."""
+    """4 iterations in one go == 2 iterations, stop, resume, 2 more.
+
+    Bit-for-bit up to float tolerance, with the random multi-branch augmentations and dropout on:
+    the checkpoint restores the loaders' positions and (RandomStateHook) the random states.
+    """
     cfg = copy.deepcopy(demo_cfg)
-    for loader in cfg.train_dataloader.values():
-        loader.dataset.pipeline = [t for t in loader.dataset.pipeline if t['type'] != 'RandomFlip']
     cfg.randomness = dict(seed=0, deterministic=True)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
@@ -104,7 +112,7 @@ def test_empty_dataset_is_a_config_error(registered, demo_cfg, tmp_path):
     empty.write_text(json.dumps(dict(images=[], annotations=[], categories=[dict(id=1, name='prohibitory')])))
     cfg = copy.deepcopy(demo_cfg)
     cfg.train_dataloader.det.dataset.ann_file = str(empty)
-    with pytest.raises(ValueError, match=r'train_dataloader.det: the dataset is empty .*empty.json'):
+    with pytest.raises(ValueError, match=r'train_dataloader.det: .*empty.json.*an empty annotation file'):
         make_runner(cfg).train()
 
 

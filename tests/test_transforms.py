@@ -89,3 +89,17 @@ def test_albu_on_a_classification_sample(registered):
     out = aug(dict(img=np.random.RandomState(0).randint(0, 255, (32, 32, 3), np.uint8), gt_label=3))
     assert out['gt_label'] == 3
     assert np.all(out['img'][..., 0] == out['img'][..., 1])
+
+
+def test_albu_follows_the_global_seed(registered):
+    """Same numpy seed, same augmentation: albumentations' own generators are seeded from it."""
+    ops = [dict(type='RandomBrightnessContrast', p=1.0), dict(type='Affine', rotate=(-20, 20), p=1.0)]
+    a = TRANSFORMS.build(dict(type='AlbuAugment', transforms=ops))
+    b = TRANSFORMS.build(dict(type='AlbuAugment', transforms=ops))
+    img = np.random.RandomState(1).randint(0, 255, (32, 32, 3), np.uint8)
+    np.random.seed(0)
+    x = a(dict(img=img.copy()))['img']
+    np.random.seed(0)
+    y = b(dict(img=img.copy()))['img']
+    assert np.array_equal(x, y)
+    assert not np.array_equal(x, a(dict(img=img.copy()))['img'])  # and it does draw anew each call

@@ -15,6 +15,9 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'))
 
+# random states in checkpoints, so that --resume repeats the uninterrupted run's random draws
+custom_hooks = [dict(type='RandomStateHook')]
+
 log_processor = dict(type='LogProcessor', window_size=50, by_epoch=False)
 vis_backends = [dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')

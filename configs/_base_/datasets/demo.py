@@ -6,14 +6,23 @@ seg_palette = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (107, 142, 35), (70
 cls_classes = ('sedan', 'sedan_rims', 'hatch', 'hatch_rims', 'sedan_spoiler', 'hatch_spoiler')
 
 # ---- detection (mmdet, COCO json) ----
+# Each task routes every sample through exactly one branch (MultiBranchAugment): photometric
+# changes and scale/crop jitter never stack on one sample.
 det_train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),
+    dict(type='MultiBranchAugment', names=['photometric', 'scale_crop'], probs=[0.5, 0.5], branches=[
+        [dict(type='AlbuAugment', transforms=[dict(type='RandomBrightnessContrast', p=0.5),
+                                              dict(type='HueSaturationValue', p=0.3)])],
+        [dict(type='RandomResize', scale=(128, 128), ratio_range=(0.8, 1.25), keep_ratio=True),
+         dict(type='RandomCrop', crop_size=(128, 128), allow_negative_crop=True)],
+    ]),
     dict(type='PackDetInputs'),
 ]
 det_test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),  # also records scale_factor for rescaling
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
@@ -25,6 +34,12 @@ seg_train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
     dict(type='RandomFlip', prob=0.5),
+    dict(type='MultiBranchAugment', names=['photometric', 'scale_crop'], probs=[0.5, 0.5], branches=[
+        [dict(type='PhotoMetricDistortion', brightness_delta=16, contrast_range=(0.8, 1.2),
+              saturation_range=(0.8, 1.2), hue_delta=8)],
+        [dict(type='RandomResize', scale=(128, 96), ratio_range=(0.8, 1.5), keep_ratio=True),
+         dict(type='RandomCrop', crop_size=(96, 128), cat_max_ratio=0.75)],
+    ]),
     dict(type='PackSegInputs'),
 ]
 seg_test_pipeline = [
@@ -40,6 +55,12 @@ seg_dataset = dict(_scope_='mmseg', type='BaseSegDataset', data_root=data_root +
 cls_train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='MultiBranchAugment', names=['photometric', 'erasing'], probs=[0.5, 0.5], branches=[
+        [dict(type='AlbuAugment', transforms=[dict(type='RandomBrightnessContrast', p=0.5),
+                                              dict(type='HueSaturationValue', p=0.5)])],
+        # small patches only: the classes differ in details a large patch could erase
+        [dict(type='RandomErasing', erase_prob=0.5, mode='rand', min_area_ratio=0.01, max_area_ratio=0.05)],
+    ]),
     dict(type='PackInputs'),
 ]
 cls_test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]

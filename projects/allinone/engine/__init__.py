@@ -1,7 +1,8 @@
 from .aggregators import *  # noqa: F401,F403
 from .checkpoint import register_checkpoint_safe_globals
+from .hooks import RandomStateHook
 from .loops import MultiTaskTestLoop, MultiTaskTrainLoop, MultiTaskValLoop
 from .optim_wrappers import MultiTaskAmpOptimWrapper, MultiTaskOptimWrapper
 
 __all__ = ['MultiTaskAmpOptimWrapper', 'MultiTaskOptimWrapper', 'MultiTaskTestLoop', 'MultiTaskTrainLoop',
-           'MultiTaskValLoop', 'register_checkpoint_safe_globals']
+           'MultiTaskValLoop', 'RandomStateHook', 'register_checkpoint_safe_globals']

@@ -14,6 +14,7 @@ from mmengine.model import is_model_wrapper
 from ..evaluation.leaderboard import Leaderboard
 from ..evaluation.submission import SubmissionBuilder
 from ..registry import LOOPS
+from .hooks.random_state_hook import preserved_rng
 
 
 def _task_names(runner) -> List[str]:
@@ -40,8 +41,15 @@ def build_task_loaders(runner, loaders: Dict, section: str) -> 'OrderedDict[str,
     out = OrderedDict()
     for task in tasks:  # model order: the order of the per-task passes
         cfg = loaders[task]
-        loader = runner.build_dataloader(cfg, seed=runner.seed, diff_rank_seed=diff_rank_seed) \
-            if isinstance(cfg, dict) else cfg
+        try:
+            loader = runner.build_dataloader(cfg, seed=runner.seed, diff_rank_seed=diff_rank_seed) \
+                if isinstance(cfg, dict) else cfg
+        except Exception as e:  # name the task and its files: the library's own message rarely does
+            ds = cfg.get('dataset', {}) if isinstance(cfg, dict) else {}
+            where = ', '.join(f'{k}={ds[k]}' for k in ('data_root', 'ann_file') if ds.get(k)) or 'see config'
+            hint = ' (an empty annotation file?)' if 'at least one array' in str(e) else ''
+            raise ValueError(f'{section}.{task}: could not build the dataset ({where}): '
+                             f'{type(e).__name__}: {e}{hint}') from e
         if len(loader.dataset) == 0:
             ds = loader.dataset
             where = getattr(ds, 'ann_file', None) or getattr(ds, 'data_root', None) or type(ds).__name__
@@ -85,12 +93,17 @@ class TaskIterator:
         return batch
 
     def seek(self, n_batches: int):
-        """Position the iterator as if ``n_batches`` had been drawn from the start."""
+        """Position the iterator as if ``n_batches`` had been drawn from the start.
+
+        The random states are left as they were (a resume restores them from the checkpoint), so
+        redrawing the skipped batches does not shift the random numbers of the batches that follow.
+        """
         n = len(self.loader)
-        self.epoch, skip = divmod(n_batches, n)
-        self._start_epoch()
-        for _ in range(skip):
-            next(self._it)
+        with preserved_rng():
+            self.epoch, skip = divmod(n_batches, n)
+            self._start_epoch()
+            for _ in range(skip):
+                next(self._it)
         self.offset = skip
 
 

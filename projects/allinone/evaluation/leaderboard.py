@@ -1,5 +1,7 @@
 """Leaderboard scoring: one primary metric per task, boards as means over task subsets."""
 import json
+import numbers
+import logging
 import os
 import os.path as osp
 from collections import OrderedDict
@@ -41,6 +43,11 @@ class Leaderboard:
                 raise KeyError(f'leaderboard board {b!r} names unknown task(s) {bad} (tasks: {self.tasks})')
 
     def task_score(self, task: str, metrics: Dict[str, float]) -> float:
+        if not any(k.startswith(task + '/') for k in metrics):
+            # e.g. mmdet's CocoMetric returns nothing when the model made no detection at all
+            print_log(f'leaderboard: task {task!r} reported no metrics (no predictions?); scored 0',
+                      logger='current', level=logging.WARNING)
+            return 0.0
         if task in self.primary:
             key, scale = self.primary[task]
             full = f'{task}/{key}'
@@ -63,7 +70,8 @@ class Leaderboard:
     def table(self, metrics: Dict[str, float]) -> str:
         rows = [('task', 'metric', 'score')]
         for t in self.tasks:
-            key = self.primary.get(t, (next((k for k in KNOWN_PRIMARY if f'{t}/{k}' in metrics), '?'),))[0]
+            key = self.primary.get(t, (next((k for k in KNOWN_PRIMARY if f'{t}/{k}' in metrics),
+                                            '(no predictions)'),))[0]
             rows.append((t, key, f"{metrics[f'leaderboard/{t}']:.4f}"))
         for b, ts in self.boards.items():
             rows.append((f'leaderboard {b}', 'mean of ' + '+'.join(ts), f"{metrics[f'leaderboard/{b}']:.4f}"))
@@ -74,10 +82,11 @@ class Leaderboard:
 
     def report(self, metrics: Dict[str, float], work_dir: str, step: int = 0, mode: str = 'val') -> None:
         """Print the table; write ``leaderboard.json`` (latest) and the history + plot for ``val``."""
-        print_log(f'\n{mode} leaderboard (iteration {step}):\n' + self.table(metrics), logger='current')
+        when = f' (iteration {step})' if mode == 'val' else ''
+        print_log(f'\n{mode} leaderboard{when}:\n' + self.table(metrics), logger='current')
         os.makedirs(work_dir, exist_ok=True)
         record = OrderedDict(mode=mode, iter=step, **{k: float(v) for k, v in metrics.items()
-                                                      if isinstance(v, (int, float))})
+                                                      if isinstance(v, numbers.Real)})  # numpy too
         name = 'leaderboard.json' if mode == 'val' else f'leaderboard_{mode}.json'
         with open(osp.join(work_dir, name), 'w') as f:
             json.dump(record, f, indent=1)

@@ -1,4 +1,5 @@
 """albumentations inside OpenMMLab pipelines, with boxes, masks and labels kept consistent."""
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -27,6 +28,8 @@ class AlbuAugment(BaseTransform):
     ``fill_mask=255`` on spatial ops so new border pixels are 'ignore'). Works for detection,
     segmentation and classification samples alike.
 
+    Its random draws follow numpy's global random state (seeded by the run's ``randomness.seed``).
+
     Args:
         transforms: albumentations transform configs, e.g. ``dict(type='RandomBrightnessContrast', p=0.5)``.
         min_visibility: fraction of a box's area that must stay inside the image to keep the box.
@@ -37,11 +40,16 @@ class AlbuAugment(BaseTransform):
     def __init__(self, transforms: Sequence[dict], min_visibility: float = 0.3):
         import albumentations as A
         self.transforms_cfg = [dict(t) for t in transforms]
-        self.aug = A.Compose([_build(t) for t in transforms],
-                             bbox_params=A.BboxParams(format='pascal_voc', label_fields=['box_index'],
-                                                      min_visibility=min_visibility, clip=True))
+        with warnings.catch_warnings():  # "no transform to process bboxes" for pixel-level-only lists
+            warnings.simplefilter('ignore', UserWarning)
+            self.aug = A.Compose([_build(t) for t in transforms],
+                                 bbox_params=A.BboxParams(format='pascal_voc', label_fields=['box_index'],
+                                                          min_visibility=min_visibility, clip=True))
 
     def transform(self, results: dict) -> dict:
+        # albumentations 2 draws from generators of its own, seeded from OS entropy: without this,
+        # two runs with the same seed (or a resumed run) would augment differently
+        self.aug.set_random_seed(int(np.random.randint(2 ** 31)))
         img = results['img']
         h, w = img.shape[:2]
         boxes = results.get('gt_bboxes')

@@ -1,0 +1,3 @@
+from .random_state_hook import RandomStateHook, preserved_rng
+
+__all__ = ['RandomStateHook', 'preserved_rng']

@@ -1,0 +1,100 @@
+"""The command-line tools, run as a user runs them (subprocesses, from another directory)."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def run(args, cwd, check=True):
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
+    return proc
+
+
+def small_overrides(data):
+    """--cfg-options that point the demo config at ``data`` for a short run."""
+    opts = []
+    for task, sub in (('det', 'dec'), ('seg', 'seg'), ('cls', 'cls')):
+        for section in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            opts.append(f'{section}.{task}.dataset.data_root={data}/{sub}/')
+    for section in ('val_evaluator', 'test_evaluator'):
+        opts.append(f'{section}.det.ann_file={data}/dec/val.json')
+    opts += ['train_cfg.max_iters=3', 'train_cfg.val_interval=3', 'default_hooks.checkpoint.interval=3',
+             'default_hooks.logger.interval=1']
+    return opts
+
+
+@pytest.mark.slow
+def test_train_then_test_and_submit_from_another_directory(demo_data, tmp_path):
+    work = tmp_path / 'work'
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    cfg = osp.relpath(osp.join(REPO, 'configs', 'allinone_demo.py'), elsewhere)
+    train = osp.relpath(osp.join(REPO, 'tools', 'train.py'), elsewhere)
+    test = osp.relpath(osp.join(REPO, 'tools', 'test.py'), elsewhere)
+    opts = small_overrides(demo_data)
+    run([train, cfg, '--work-dir', 'work_rel', '--cfg-options'] + opts, cwd=elsewhere)
+    assert osp.exists(elsewhere / 'work_rel' / 'iter_3.pth'), 'work dir is relative to the caller'
+    assert osp.exists(elsewhere / 'work_rel' / 'leaderboard.json')
+    proc = run([test, cfg, 'work_rel/iter_3.pth', '--work-dir', str(work), '--submit', 'sub.json',
+                '--cfg-options'] + opts, cwd=elsewhere)
+    assert 'leaderboard A' in proc.stdout + proc.stderr
+    sub = json.load(open(elsewhere / 'sub.json'))
+    assert set(sub) == {'dec', 'seg', 'cls'}
+    n_cls = len(open(osp.join(demo_data, 'cls', 'val.txt')).read().split())
+    assert len(sub['cls']) == n_cls // 2
+    assert len(sub['seg']) == len(os.listdir(osp.join(demo_data, 'seg', 'images', 'val')))
+    for det in sub['dec']:
+        assert set(det) == {'image_id', 'category_id', 'bbox', 'score'} and len(det['bbox']) == 4
+    board = json.load(open(work / 'leaderboard_test.json'))
+    assert 0.0 <= board['leaderboard/A'] <= 1.0
+
+
+@pytest.mark.slow
+def test_train_without_data_names_the_missing_path(tmp_path):
+    proc = run([osp.join(REPO, 'tools', 'train.py'), osp.join(REPO, 'configs', 'allinone.py'),
+                '--work-dir', str(tmp_path / 'w')], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert 'FileNotFoundError' in err and 'data/track1_train_data/dec/' in err
+    assert 'make demo' in err
+    assert 'check_data' in err  # stopped by the data check, before any model is built
+
+
+@pytest.mark.slow
+def test_bad_config_key_is_named(demo_data, tmp_path):
+    opts = small_overrides(demo_data)
+    proc = run([osp.join(REPO, 'tools', 'train.py'), osp.join(REPO, 'configs', 'allinone_demo.py'),
+                '--work-dir', str(tmp_path / 'w'), '--cfg-options'] + opts +
+               ["optim_wrapper.aggregator.type=TBGCAgregator"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert 'TBGCAgregator' in proc.stderr
+
+
+def test_competition_config_builds(registered):
+    """The ViT-B + DINO + SETR-PUP + 196-class config builds with the real parts (no data needed)."""
+    import torch
+    from mmengine.config import Config
+
+    from projects.allinone.registry import MODELS
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone.py'))
+    cfg.model.tasks.seg.decode_head.norm_cfg = dict(type='BN', requires_grad=True)
+    cfg.model.tasks.seg.auxiliary_head.norm_cfg = dict(type='BN', requires_grad=True)
+    model = MODELS.build(cfg.model)
+    assert type(model.tasks['det']).__name__ == 'DINO'
+    assert type(model.tasks['seg'].decode_head).__name__ == 'SETRUPHead'
+    assert model.tasks['det'].bbox_head.num_classes == 45
+    assert model.tasks['seg'].decode_head.num_classes == 19
+    assert model.tasks['cls'].head.num_classes == 196
+    n_backbone = sum(p.numel() for _, p in model.shared_parameters())
+    assert 80e6 < n_backbone < 90e6  # ViT-Base
+    with torch.no_grad():
+        feats = model.extract_feat(torch.zeros(1, 3, 64, 64))
+    assert len(feats) == 4 and feats[0].shape[1] == 768
