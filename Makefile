@@ -6,7 +6,7 @@ DEMO_DATA ?= data/demo
 DEMO_WORK ?= work_dirs/allinone_demo
 PYTEST_ARGS ?=
 
-.PHONY: install data demo test test-fast clean
+.PHONY: install data demo compare-tbgc bench test test-fast clean
 
 install:
 	@PYTHON=$(PY) tools/install_env.sh $(VENV)
@@ -20,6 +20,18 @@ demo: data
 	$(PYTHON) tools/train.py configs/allinone_demo.py --work-dir $(DEMO_WORK)
 	$(PYTHON) tools/test.py configs/allinone_demo.py "$$(cat $(DEMO_WORK)/last_checkpoint)" \
 		--work-dir $(DEMO_WORK) --submit $(DEMO_WORK)/submission.json
+
+# the same demo trained with the vanilla aggregator and with TBGC, then both leaderboards and the
+# per-task backbone gradient norms side by side (work_dirs/compare/compare.md, grad_norms.png)
+compare-tbgc: data
+	$(PYTHON) tools/train.py configs/allinone_demo.py --work-dir work_dirs/demo_vanilla
+	$(PYTHON) tools/train.py configs/allinone_demo_tbgc.py --work-dir work_dirs/demo_tbgc
+	$(PYTHON) tools/compare_runs.py work_dirs/demo_vanilla work_dirs/demo_tbgc --names vanilla tbgc \
+		--out work_dirs/compare
+
+# TBGC vs vanilla step time and memory (benchmarks/README.md)
+bench: data
+	$(PYTHON) benchmarks/bench_tbgc.py
 
 test: install
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)

@@ -55,6 +55,23 @@ def test_train_then_test_and_submit_from_another_directory(demo_data, tmp_path):
         assert set(det) == {'image_id', 'category_id', 'bbox', 'score'} and len(det['bbox']) == 4
     board = json.load(open(work / 'leaderboard_test.json'))
     assert 0.0 <= board['leaderboard/A'] <= 1.0
+    # the run comparison reads the same files a real comparison would
+    proc = run([osp.join(REPO, 'tools', 'compare_runs.py'), 'work_rel', 'work_rel', '--names', 'a', 'b',
+                '--out', 'cmp'], cwd=elsewhere)
+    assert '| a |' in proc.stdout and 'as aggregated' in proc.stdout
+    assert osp.exists(elsewhere / 'cmp' / 'grad_norms.png')
+
+
+@pytest.mark.slow
+def test_amp_training_runs_on_cpu(demo_data, tmp_path):
+    """--amp switches to the per-task AMP wrapper (bf16 autocast + loss scaling on CPU)."""
+    proc = run([osp.join(REPO, 'tools', 'train.py'), osp.join(REPO, 'configs', 'allinone_demo_tbgc.py'),
+                '--amp', '--no-validate', '--work-dir', str(tmp_path / 'w'), '--cfg-options']
+               + [o for o in small_overrides(demo_data) if not o.startswith('val')] + ['train_cfg.max_iters=2'],
+               cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert 'MultiTaskAmpOptimWrapper' in log
+    assert 'Iter(train) [2/2]' in log
 
 
 @pytest.mark.slow
