@@ -32,13 +32,13 @@ def main(argv=None):
     import projects.allinone  # noqa: F401  (registers the project's modules)
     from projects.allinone.utils import check_data
 
+    if args.no_validate:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     check_data(cfg, 'train')
     if resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif resume:
         cfg.resume, cfg.load_from = True, resume
-    if args.no_validate:
-        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     runner = Runner.from_cfg(cfg)
     runner.train()
 
