@@ -55,6 +55,13 @@ def test_train_then_test_and_submit_from_another_directory(demo_data, tmp_path):
         assert set(det) == {'image_id', 'category_id', 'bbox', 'score'} and len(det['bbox']) == 4
     board = json.load(open(work / 'leaderboard_test.json'))
     assert 0.0 <= board['leaderboard/A'] <= 1.0
+    # scoring the exported file offline reproduces what tools/test.py printed
+    proc = run([osp.join(REPO, 'tools', 'score_submission.py'), 'sub.json', demo_data, '--num-seg-classes', '6',
+                '--num-cls-classes', '6', '--out', 'scores.json'], cwd=elsewhere)
+    scores = json.load(open(elsewhere / 'scores.json'))
+    assert scores['cls'] == pytest.approx(board['cls/accuracy/top1'] / 100)
+    assert scores['dec'] == pytest.approx(board.get('det/coco/bbox_mAP_50', 0.0), abs=1e-3)  # mmdet rounds
+    assert scores['seg'] == pytest.approx(board['seg/mIoU'] / 100, abs=5e-3)  # polygonisation loss
     # the run comparison reads the same files a real comparison would
     proc = run([osp.join(REPO, 'tools', 'compare_runs.py'), 'work_rel', 'work_rel', '--names', 'a', 'b',
                 '--out', 'cmp'], cwd=elsewhere)
