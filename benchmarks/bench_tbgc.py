@@ -8,8 +8,10 @@ Arms, all on the same model (the demo's) and the same real demo batches:
   tbgc_mat  the same through the matrix path (holds all T task gradients), for reference
 
 Speed: the arms are interleaved step by step in one process (shared noise), and the median of the
-per-step ratios to vanilla is reported. Memory: each arm runs alone in a fresh process and reports
-its peak RSS; the difference to vanilla is compared with the size of the shared parameters.
+per-step ratios to vanilla is reported. Memory: each arm runs alone in a fresh process; after two
+warm-up steps (optimizer state allocated) one step runs under torch's profiler and the peak of its
+memory timeline (all live CPU tensors: parameters, optimizer state, activations, gradients,
+buffers) is reported. Process RSS is useless here: its peak is set while importing the libraries.
 
     python benchmarks/bench_tbgc.py [--steps 20] [--out benchmarks/results/tbgc.json]
 """
@@ -19,7 +21,6 @@ import json
 import os
 import os.path as osp
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -94,13 +95,24 @@ def run_speed(args):
 
 
 def run_memory_arm(args):
+    import tempfile
+
     import torch
+    from torch.profiler import ProfilerActivity, profile
     torch.set_num_threads(args.threads)
     model, batch = build(args.data)
     wrapper = make_wrapper(args.arm, model)
-    for _ in range(args.mem_steps):
+    for _ in range(2):
         step(model, wrapper, batch)
-    print(json.dumps(dict(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        step(model, wrapper, batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = osp.join(tmp, 'timeline.json')
+        prof.export_memory_timeline(path, device='cpu')
+        with open(path) as f:
+            _, sizes = json.load(f)
+    print(json.dumps(dict(peak_mb=max(sum(s) for s in sizes) / 2**20)))
 
 
 def main():
@@ -108,7 +120,6 @@ def main():
     p.add_argument('--data', default=osp.join(REPO, 'data', 'demo'))
     p.add_argument('--steps', type=int, default=20)
     p.add_argument('--warmup', type=int, default=3)
-    p.add_argument('--mem-steps', type=int, default=4)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'results', 'tbgc.json'))
     p.add_argument('--arm', help=argparse.SUPPRESS)
@@ -121,10 +132,10 @@ def main():
     mem = {}
     for arm in ARMS:
         outp = subprocess.check_output([sys.executable, __file__, '--arm', arm, '--data', args.data,
-                                        '--mem-steps', str(args.mem_steps), '--threads', str(args.threads)])
-        mem[arm] = json.loads(outp.decode().strip().splitlines()[-1])['peak_rss_mb']
-    res['peak_rss_mb'] = mem
-    res['extra_rss_over_vanilla_mb'] = {a: mem[a] - mem['vanilla'] for a in ARMS}
+                                        '--threads', str(args.threads)], stderr=subprocess.DEVNULL)
+        mem[arm] = json.loads(outp.decode().strip().splitlines()[-1])['peak_mb']
+    res['peak_tensor_mb'] = mem
+    res['extra_over_vanilla_mb'] = {a: mem[a] - mem['vanilla'] for a in ARMS}
     res['machine'] = dict(cpu=platform.processor() or platform.machine(), threads=args.threads,
                           cores=os.cpu_count())
     res['steps'] = args.steps
@@ -132,11 +143,12 @@ def main():
     with open(args.out, 'w') as f:
         json.dump(res, f, indent=1)
     print(f"shared (backbone) parameters: {res['shared_param_mb']:.1f} MB")
-    print(f"{'arm':10s} {'median step s':>14s} {'ratio to vanilla':>17s} {'peak RSS MB':>12s} {'extra MB':>9s}")
+    print(f"| arm | median step (s) | step time / vanilla | peak tensor memory (MB) | extra over vanilla (MB) |")
+    print('|---|---|---|---|---|')
     for arm in ARMS:
         s = res['speed'][arm]
-        print(f"{arm:10s} {s['median_s']:14.3f} {s['ratio_to_vanilla']:17.3f} {mem[arm]:12.0f} "
-              f"{res['extra_rss_over_vanilla_mb'][arm]:9.0f}")
+        print(f"| {arm} | {s['median_s']:.3f} | {s['ratio_to_vanilla']:.3f} | {mem[arm]:.1f} | "
+              f"{res['extra_over_vanilla_mb'][arm]:+.1f} |")
 
 
 if __name__ == '__main__':
