@@ -92,6 +92,12 @@ def test_train_without_data_names_the_missing_path(tmp_path):
     assert 'check_data' in err  # stopped by the data check, before any model is built
 
 
+def test_distributed_without_a_per_task_wrapper_is_refused(tmp_path):
+    proc = run([osp.join(REPO, 'tools', 'train.py'), osp.join(REPO, 'configs', 'allinone_demo.py'),
+                '--launcher', 'pytorch'], cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and 'model_wrapper_cfg' in proc.stderr
+
+
 @pytest.mark.slow
 def test_bad_config_key_is_named(demo_data, tmp_path):
     opts = small_overrides(demo_data)

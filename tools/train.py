@@ -32,6 +32,11 @@ def main(argv=None):
     import projects.allinone  # noqa: F401  (registers the project's modules)
     from projects.allinone.utils import check_data
 
+    if args.launcher != 'none' and cfg.get('model_wrapper_cfg') is None:
+        # mmengine's MMDistributedDataParallel.train_step skips the model's per-task train_step
+        raise SystemExit('distributed training needs a DDP wrapper that runs AllInOneModel.train_step task '
+                         'by task (set model_wrapper_cfg); the default one does not, and this version '
+                         'ships none yet (issue #5). Train with --launcher none.')
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     check_data(cfg, 'train')
