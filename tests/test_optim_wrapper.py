@@ -248,6 +248,24 @@ def test_gradient_accumulation_averages_aggregated_micro_steps():
     assert_step_equals(model, before, acc)
 
 
+def test_accumulation_remainder_at_the_end_of_training():
+    """k=2 over 3 micro-steps: steps 1-2 are averaged, the last (remainder) one stands alone."""
+    ref, model = TinyMTL(), TinyMTL()
+    bs = batches(n=3)
+    fn = lambda n: min(1.0, 0.1 / (n + EPS))  # noqa: E731
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1), accumulative_counts=2)
+    wrapper.initialize_count_status(model, 0, 3)
+    ref_wrapper = MultiTaskOptimWrapper(sgd(ref), aggregator=TBGCAggregator(max_norm=0.1), accumulative_counts=2)
+    ref_wrapper.initialize_count_status(ref, 0, 3)
+    for b in bs[:2]:
+        run_wrapper(model, wrapper, b)
+        run_wrapper(ref, ref_wrapper, b)
+    before = params_of(model)
+    acc = hand_aggregate(ref, bs[2], fn)  # divisor 1 for the remainder step
+    run_wrapper(model, wrapper, bs[2])
+    assert_step_equals(model, before, acc)
+
+
 def test_cosines_are_logged_on_stats_updates():
     model = TinyMTL()
     wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(), stats_interval=2)

@@ -229,8 +229,8 @@ class MultiTaskOptimWrapper(OptimWrapper):
         """Combine the task gradients of this iteration into ``.grad`` and step when due."""
         if not self.is_bound:
             raise RuntimeError('update_tasks called before bind()')
+        k = self._loss_divisor()  # before the count moves, as mmengine's scale_loss
         self._inner_count += 1
-        k = self._loss_divisor()
         shared_stash = self._shared_stash or [None] * len(self._shared)
         if self._stats:
             tasks, combined, weights, head_scales, norms, losses, cos = self._combine()
