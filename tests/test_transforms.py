@@ -103,3 +103,62 @@ def test_albu_follows_the_global_seed(registered):
     y = b(dict(img=img.copy()))['img']
     assert np.array_equal(x, y)
     assert not np.array_equal(x, a(dict(img=img.copy()))['img'])  # and it does draw anew each call
+
+
+def _configured_branch_aug(task):
+    """The MultiBranchAugment of the demo config's train pipeline of ``task``, built in its scope."""
+    import copy
+
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from conftest import DEMO_CFG
+    cfg = Config.fromfile(DEMO_CFG)
+    ds = cfg.train_dataloader[task].dataset
+    t = copy.deepcopy(next(t for t in ds.pipeline if t['type'] == 'MultiBranchAugment'))
+    with DefaultScope.overwrite_default_scope(ds['_scope_']):
+        return TRANSFORMS.build(t)
+
+
+def test_demo_detection_branches_keep_boxes_on_their_objects(registered):
+    """Every branch of the configured detection pipeline, on drawn objects: boxes still frame them."""
+    np.random.seed(0)
+    aug = _configured_branch_aug('det')
+    rng = np.random.RandomState(1)
+    seen = set()
+    for _ in range(60):
+        r = _drawn_sample(rng)
+        r.update(img=np.ascontiguousarray(np.pad(r['img'], ((0, 32), (0, 0), (0, 0)))),
+                 gt_seg_map=np.pad(r['gt_seg_map'], ((0, 32), (0, 0))))
+        r['img_shape'] = r['img'].shape[:2]
+        out = aug(r)
+        seen.add(out['aug_branch'])
+        seg, boxes = out['gt_seg_map'], out['gt_bboxes'].tensor.numpy()
+        assert len(boxes) == len(out['gt_bboxes_labels'])
+        for b, lab in zip(boxes, out['gt_bboxes_labels']):
+            x0, y0, x1, y1 = (int(round(v)) for v in b)
+            assert x1 > x0 and y1 > y0
+            assert (seg[y0:y1, x0:x1] == lab + 1).mean() > 0.75, (out['aug_branch'], b)
+    assert seen == {'photometric', 'scale_crop'}
+
+
+def test_demo_segmentation_branches_keep_the_mask_on_the_image(registered):
+    """Every branch of the configured segmentation pipeline: each labelled region stays one colour."""
+    import cv2
+    np.random.seed(0)
+    aug = _configured_branch_aug('seg')
+    rng = np.random.RandomState(2)
+    seen = set()
+    for _ in range(40):
+        r = _drawn_sample(rng)
+        out = aug(dict(img=r['img'], img_shape=r['img_shape'], gt_seg_map=r['gt_seg_map'], seg_fields=['gt_seg_map']))
+        seen.add(out['aug_branch'])
+        img, seg = out['img'].astype(float), out['gt_seg_map']
+        assert img.shape[:2] == seg.shape
+        for v in np.unique(seg):
+            if v == 255:
+                continue
+            inner = cv2.erode((seg == v).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            if inner.sum() > 20:
+                assert img[inner].std(0).max() < 12, (out['aug_branch'], v)
+    assert seen == {'photometric', 'scale_crop'}
