@@ -112,7 +112,7 @@ def test_empty_dataset_is_a_config_error(registered, demo_cfg, tmp_path):
     empty.write_text(json.dumps(dict(images=[], annotations=[], categories=[dict(id=1, name='prohibitory')])))
     cfg = copy.deepcopy(demo_cfg)
     cfg.train_dataloader.det.dataset.ann_file = str(empty)
-    with pytest.raises(ValueError, match=r'train_dataloader.det: .*empty.json.*an empty annotation file'):
+    with pytest.raises(ValueError, match=r'train_dataloader.det: .*empty.json.*no usable image'):
         make_runner(cfg).train()
 
 

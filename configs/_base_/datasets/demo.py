@@ -26,7 +26,7 @@ det_test_pipeline = [
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
-det_dataset = dict(_scope_='mmdet', type='CocoDataset', data_root=data_root + 'dec/',
+det_dataset = dict(_scope_='mmdet', type='ChallengeCocoDataset', data_root=data_root + 'dec/',
                    metainfo=dict(classes=det_classes), filter_cfg=dict(filter_empty_gt=False))
 
 # ---- segmentation (mmseg, label PNGs) ----
@@ -47,7 +47,7 @@ seg_test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
-seg_dataset = dict(_scope_='mmseg', type='BaseSegDataset', data_root=data_root + 'seg/',
+seg_dataset = dict(_scope_='mmseg', type='ChallengeSegDataset', data_root=data_root + 'seg/',
                    metainfo=dict(classes=seg_classes, palette=seg_palette),
                    img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=False)
 
@@ -64,7 +64,7 @@ cls_train_pipeline = [
     dict(type='PackInputs'),
 ]
 cls_test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
-cls_dataset = dict(_scope_='mmpretrain', type='CustomDataset', data_root=data_root + 'cls/',
+cls_dataset = dict(_scope_='mmpretrain', type='ChallengeClsDataset', data_root=data_root + 'cls/',
                    metainfo=dict(classes=cls_classes), with_label=True)
 
 

@@ -81,12 +81,12 @@ cls_test_pipeline = [
     dict(type='PackInputs'),
 ]
 
-det_dataset = dict(_scope_='mmdet', type='CocoDataset', data_root=data_root + 'dec/',
+det_dataset = dict(_scope_='mmdet', type='ChallengeCocoDataset', data_root=data_root + 'dec/',
                    metainfo=dict(classes=det_classes), filter_cfg=dict(filter_empty_gt=False))
-seg_dataset = dict(_scope_='mmseg', type='BaseSegDataset', data_root=data_root + 'seg/',
+seg_dataset = dict(_scope_='mmseg', type='ChallengeSegDataset', data_root=data_root + 'seg/',
                    metainfo=dict(classes=seg_classes, palette=seg_palette),
                    img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=False)
-cls_dataset = dict(_scope_='mmpretrain', type='CustomDataset', data_root=data_root + 'cls/',
+cls_dataset = dict(_scope_='mmpretrain', type='ChallengeClsDataset', data_root=data_root + 'cls/',
                    metainfo=dict(classes=cls_classes), with_label=True)
 
 
