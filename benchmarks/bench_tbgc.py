@@ -143,7 +143,7 @@ def main():
     with open(args.out, 'w') as f:
         json.dump(res, f, indent=1)
     print(f"shared (backbone) parameters: {res['shared_param_mb']:.1f} MB")
-    print(f"| arm | median step (s) | step time / vanilla | peak tensor memory (MB) | extra over vanilla (MB) |")
+    print("| arm | median step (s) | step time / vanilla | peak tensor memory (MB) | extra over vanilla (MB) |")
     print('|---|---|---|---|---|')
     for arm in ARMS:
         s = res['speed'][arm]

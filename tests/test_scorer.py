@@ -1,6 +1,5 @@
 """Submission export, validation and offline scoring."""
 import json
-import os.path as osp
 
 import cv2
 import numpy as np

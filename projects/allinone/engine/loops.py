@@ -1,7 +1,7 @@
 """Multi-dataset loops: one loader per task, one batch of every task per iteration."""
 import logging
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import os.path as osp
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import cv2
 import numpy as np
