@@ -7,6 +7,7 @@ truth or prediction with 255 ignored, as mmseg's ``IoUMetric`` (``seg``); board 
 board B leaves segmentation out.
 """
 import contextlib
+from functools import cached_property
 import io
 import json
 import math
@@ -27,13 +28,13 @@ class SubmissionError(ValueError):
 
 
 class GroundTruth:
-    """Lazily loaded labels of one split of a challenge-layout data root."""
+    """Labels of one split of a challenge-layout data root, each read once, when first needed."""
 
     def __init__(self, root: str, split: str = 'val', num_seg_classes: int = 19, num_cls_classes: int = 196):
         self.root, self.split = root, split
         self.num_seg_classes, self.num_cls_classes = num_seg_classes, num_cls_classes
 
-    @property
+    @cached_property
     def cls(self) -> Dict[str, int]:
         path = osp.join(self.root, 'cls', f'{self.split}.txt')
         out = {}
@@ -51,7 +52,7 @@ class GroundTruth:
     def dec_file(self) -> str:
         return osp.join(self.root, 'dec', f'{self.split}.json')
 
-    @property
+    @cached_property
     def seg(self) -> Dict[str, str]:
         folder = osp.join(self.root, 'seg', 'label', self.split)
         return {osp.splitext(n)[0] + '.jpg': osp.join(folder, n) for n in sorted(os.listdir(folder))
@@ -60,6 +61,14 @@ class GroundTruth:
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_image_names(key: str, preds: dict, truth, problems: List[str]) -> None:
+    """Every predicted image must exist in the ground truth, and every ground-truth image be predicted."""
+    problems.extend(f'{key}: unknown image {name!r}' for name in preds if name not in truth)
+    missing = [n for n in truth if n not in preds]
+    if missing:
+        problems.append(f'{key}: {len(missing)} image(s) have no prediction (first: {missing[:3]})')
 
 
 def validate(sub, gt: GroundTruth, tasks=KEYS, max_report: int = 20) -> None:
@@ -74,15 +83,10 @@ def validate(sub, gt: GroundTruth, tasks=KEYS, max_report: int = 20) -> None:
         if k not in sub:
             problems.append(f'missing top-level key {k!r}')
     if 'cls' in tasks and isinstance(sub.get('cls'), dict):
-        truth = gt.cls
+        _check_image_names('cls', sub['cls'], gt.cls, problems)
         for name, cid in sub['cls'].items():
-            if name not in truth:
-                problems.append(f'cls: unknown image {name!r}')
             if not isinstance(cid, int) or isinstance(cid, bool) or not 0 <= cid < gt.num_cls_classes:
                 problems.append(f'cls[{name!r}]: class id must be an int in [0, {gt.num_cls_classes}), got {cid!r}')
-        missing = [n for n in truth if n not in sub['cls']]
-        if missing:
-            problems.append(f'cls: {len(missing)} image(s) have no prediction (first: {missing[:3]})')
     elif 'cls' in tasks and 'cls' in sub:
         problems.append(f"cls must map image names to class ids, got {type(sub['cls']).__name__}")
     if 'dec' in tasks and isinstance(sub.get('dec'), list):
@@ -107,10 +111,8 @@ def validate(sub, gt: GroundTruth, tasks=KEYS, max_report: int = 20) -> None:
     elif 'dec' in tasks and 'dec' in sub:
         problems.append(f"dec must be a list of COCO detections, got {type(sub['dec']).__name__}")
     if 'seg' in tasks and isinstance(sub.get('seg'), dict):
-        truth = gt.seg
+        _check_image_names('seg', sub['seg'], gt.seg, problems)
         for name, per_class in sub['seg'].items():
-            if name not in truth:
-                problems.append(f'seg: unknown image {name!r}')
             if not isinstance(per_class, dict):
                 problems.append(f'seg[{name!r}]: must map class ids to lists of polygons')
                 continue
@@ -121,9 +123,6 @@ def validate(sub, gt: GroundTruth, tasks=KEYS, max_report: int = 20) -> None:
                         isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_finite(v) for v in p)
                         for p in polys):
                     problems.append(f'seg[{name!r}][{cid!r}]: polygons must be lists of >= 3 finite x, y pairs')
-        missing = [n for n in truth if n not in sub['seg']]
-        if missing:
-            problems.append(f'seg: {len(missing)} image(s) have no prediction (first: {missing[:3]})')
     elif 'seg' in tasks and 'seg' in sub:
         problems.append(f"seg must map image names to {{class_id: polygons}}, got {type(sub['seg']).__name__}")
     if problems:
