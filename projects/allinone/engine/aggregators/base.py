@@ -2,11 +2,13 @@
 
 A method sees the per-task gradients of the *shared* parameters, never the model:
 
-    result = method.aggregate(grads, losses, head_norms)
+    result = method.aggregate(grads, losses, head_norms, tasks)
 
 ``grads`` is a ``(T, n)`` matrix (row t: task t's gradient of the shared parameters, flattened,
 unscaled), ``losses`` and ``head_norms`` are ``(T,)`` (head_norms: the norm of each task's gradient
-on its own, non-shared parameters). It returns :class:`AggregateResult`: the combined shared
+on its own, non-shared parameters) and ``tasks`` names the task of each row. The rows are normally
+every bound task in bound order, but a task skipped for a non-finite gradient is missing from that
+step: stateful methods keep their state by task name and leave a missing task's state as it is. It returns :class:`AggregateResult`: the combined shared
 gradient, the effective weight of each task on it (for logs) and the factor applied to each task's
 own parameters. Methods that are linear with weights computable one task at a time
 (:class:`LinearAggregator`) also run in a streaming mode where the optim wrapper never holds the T
@@ -42,8 +44,17 @@ class GradAggregator:
                              f'model has {list(tasks)}')
         self.tasks = list(tasks)
 
-    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None) -> AggregateResult:
+    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
+                  tasks: Optional[Sequence[str]] = None) -> AggregateResult:
         raise NotImplementedError
+
+    def row_tasks(self, n_rows: int, tasks: Optional[Sequence[str]] = None) -> List[str]:
+        """The task names of the ``n_rows`` rows: ``tasks`` if given, else the bound tasks."""
+        if tasks is None:
+            tasks = self.tasks if len(self.tasks) == n_rows else [f'task{i}' for i in range(n_rows)]
+        if len(tasks) != n_rows:
+            raise ValueError(f'{type(self).__name__}: {n_rows} gradient rows but tasks {list(tasks)}')
+        return list(tasks)
 
     def state_dict(self) -> Dict:
         return {}
@@ -66,7 +77,8 @@ class LinearAggregator(GradAggregator):
 
     streaming = True
 
-    def task_factor(self, norm: float, head_norm: float, loss: float) -> float:
+    def task_factor(self, norm: float, head_norm: float, loss: float, task: Optional[str] = None) -> float:
+        """The factor of ``task``'s gradient, from its shared and own gradient norms and its loss."""
         raise NotImplementedError
 
     def common_scale(self, norms: Tensor, head_norms: Tensor, factors: Tensor) -> float:
@@ -76,14 +88,21 @@ class LinearAggregator(GradAggregator):
         """Factor for each task's own parameters; default: the same as on the shared ones."""
         return factors * scale
 
-    def finish(self, norms: Tensor, head_norms: Tensor, factors: Tensor):
+    def finish(self, norms: Tensor, head_norms: Tensor, factors: Tensor, losses: Optional[Tensor] = None,
+               tasks: Optional[Sequence[str]] = None):
+        """Once every task's factor is known: ``(weights, head_scales, common scale)``.
+
+        Stateful methods update their state here (it runs once per aggregated step in both modes).
+        """
         scale = float(self.common_scale(norms, head_norms, factors))
         return factors * scale, self.head_scales(factors, scale, head_norms), scale
 
-    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None) -> AggregateResult:
+    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
+                  tasks: Optional[Sequence[str]] = None) -> AggregateResult:
+        tasks = self.row_tasks(len(grads), tasks)
         norms = torch.linalg.vector_norm(grads, dim=1)
         head_norms = torch.zeros_like(norms) if head_norms is None else head_norms
-        factors = torch.tensor([self.task_factor(float(n), float(h), float(l))
-                                for n, h, l in zip(norms, head_norms, losses)], dtype=grads.dtype)
-        weights, head, _ = self.finish(norms, head_norms, factors)
+        factors = torch.tensor([self.task_factor(float(n), float(h), float(l), t)
+                                for n, h, l, t in zip(norms, head_norms, losses, tasks)], dtype=grads.dtype)
+        weights, head, _ = self.finish(norms, head_norms, factors, losses, tasks)
         return AggregateResult(grad=weights.to(grads) @ grads, weights=weights, head_scales=head)

@@ -10,5 +10,5 @@ class SumAggregator(LinearAggregator):
     global clip of max norm 0.1). Default aggregator.
     """
 
-    def task_factor(self, norm, head_norm, loss):
+    def task_factor(self, norm, head_norm, loss, task=None):
         return 1.0

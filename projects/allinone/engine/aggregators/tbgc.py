@@ -48,7 +48,7 @@ class TBGCAggregator(LinearAggregator):
     def _task_norm(self, norm, head_norm):
         return norm if self.norm_on == 'shared' else (norm ** 2 + head_norm ** 2) ** 0.5
 
-    def task_factor(self, norm, head_norm, loss):
+    def task_factor(self, norm, head_norm, loss, task=None):
         clip = min(1.0, self.max_norm / (self._task_norm(norm, head_norm) + EPS))
         if self.rescale is None:
             return clip

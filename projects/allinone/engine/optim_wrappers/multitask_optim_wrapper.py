@@ -175,7 +175,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
             self._rows.append(torch.cat(flat) if flat else torch.zeros(0))
             factor = float('nan')
         else:
-            factor = self.aggregator.task_factor(norm, head_norm, loss_value)
+            factor = self.aggregator.task_factor(norm, head_norm, loss_value, task)
             if self._acc is None:
                 self._acc = [None] * len(shared)
             _add_scaled(self._acc, g_shared, factor)
@@ -206,7 +206,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
         if self._rows:
             G = torch.stack(self._rows)
             self._rows = []
-            result = self.aggregator.aggregate(G, losses.to(G.dtype), head_norms.to(G.dtype))
+            result = self.aggregator.aggregate(G, losses.to(G.dtype), head_norms.to(G.dtype), tasks)
             flat = result.grad * scale
             combined, offset = [], 0
             for p in self._shared:
@@ -218,7 +218,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
                 cos = unit @ unit.T
         else:
             factors = stats[:, 3]
-            weights, head_scales, common = self.aggregator.finish(norms, head_norms, factors)
+            weights, head_scales, common = self.aggregator.finish(norms, head_norms, factors, losses, tasks)
             combined = self._acc or []
             if common != 1.0:
                 torch._foreach_mul_([c for c in combined if c is not None], common)
