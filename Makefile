@@ -6,7 +6,7 @@ DEMO_DATA ?= data/demo
 DEMO_WORK ?= work_dirs/allinone_demo
 PYTEST_ARGS ?=
 
-.PHONY: install data demo compare-tbgc bench test test-fast clean
+.PHONY: install data demo finetune-demo compare-tbgc bench test test-fast clean
 
 install:
 	@PYTHON=$(PY) tools/install_env.sh $(VENV)
@@ -20,6 +20,13 @@ demo: data
 	$(PYTHON) tools/train.py configs/allinone_demo.py --work-dir $(DEMO_WORK)
 	$(PYTHON) tools/test.py configs/allinone_demo.py "$$(cat $(DEMO_WORK)/last_checkpoint)" \
 		--work-dir $(DEMO_WORK) --submit $(DEMO_WORK)/submission.json
+
+# leaderboard B on the demo: finetune the demo checkpoint on a new detection data set (one task)
+finetune-demo: data
+	@test -f $(DEMO_WORK)/iter_1000.pth || $(MAKE) demo
+	$(PYTHON) tools/make_demo_data.py --seed 1 --out data/demo_b
+	$(PYTHON) tools/train.py configs/allinone_demo_finetune.py --work-dir work_dirs/demo_finetune \
+		--cfg-options load_from=$(DEMO_WORK)/iter_1000.pth
 
 # the same demo trained with the vanilla aggregator and with TBGC, then both leaderboards and the
 # per-task backbone gradient norms side by side (work_dirs/compare/compare.md, grad_norms.png)

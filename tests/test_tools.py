@@ -55,6 +55,15 @@ def test_train_then_test_and_submit_from_another_directory(demo_data, tmp_path):
         assert set(det) == {'image_id', 'category_id', 'bbox', 'score'} and len(det['bbox']) == 4
     board = json.load(open(work / 'leaderboard_test.json'))
     assert 0.0 <= board['leaderboard/A'] <= 1.0
+    # the same images as an unlabeled test split (no label read, nothing scored): same predictions
+    proc = run([test, cfg, 'work_rel/iter_3.pth', '--work-dir', str(tmp_path / 'work_unl'), '--submit',
+                'sub_unlabeled.json', '--images', f'det={demo_data}/dec/val', f'seg={demo_data}/seg/images/val',
+                f'cls={demo_data}/cls/val', '--image-list', f'det={demo_data}/dec/val.json',
+                f'cls={demo_data}/cls/val.txt', '--cfg-options'] + opts, cwd=elsewhere)
+    assert 'format only' in proc.stdout + proc.stderr and 'leaderboard A' not in proc.stdout + proc.stderr
+    unlabeled = json.load(open(elsewhere / 'sub_unlabeled.json'))
+    assert unlabeled['cls'] == sub['cls'] and unlabeled['seg'] == sub['seg']
+    assert sorted(map(json.dumps, unlabeled['dec'])) == sorted(map(json.dumps, sub['dec']))
     # scoring the exported file offline reproduces what tools/test.py printed
     proc = run([osp.join(REPO, 'tools', 'score_submission.py'), 'sub.json', demo_data, '--num-seg-classes', '6',
                 '--num-cls-classes', '6', '--out', 'scores.json'], cwd=elsewhere)

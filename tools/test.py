@@ -1,7 +1,11 @@
 #!/usr/bin/env python
 """Evaluate an AllInOne checkpoint on every task and print the leaderboard table.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--submit OUT.json]
+        [--images TASK=DIR ...] [--image-list TASK=FILE ...] [--cfg-options k=v ...]
+
+With ``--images`` a task predicts on an unlabeled image folder (the challenge's test split) instead
+of its labeled test set: nothing is scored for it, its predictions go to the ``--submit`` file.
 """
 import argparse
 import os.path as osp
@@ -18,7 +22,24 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--submit', metavar='OUT.json',
                         help='also write the challenge submission file (cls / dec / seg)')
+    parser.add_argument('--images', nargs='+', default=[], metavar='TASK=DIR',
+                        help='predict TASK on the unlabeled images of DIR (format only: no labels read, '
+                        'not scored; use with --submit)')
+    parser.add_argument('--image-list', nargs='+', default=[], metavar='TASK=FILE',
+                        help="order/subset of TASK's --images: a text list (one name per line) or a COCO "
+                        'json with "images" (its ids become the detection image_id)')
     return parser.parse_args(argv)
+
+
+def _task_paths(items, option):
+    """``['det=dir', ...]`` -> ``{'det': '/abs/dir'}`` (absolute before the tools chdir)."""
+    out = {}
+    for item in items:
+        task, sep, path = item.partition('=')
+        if not sep or not task or not path:
+            raise ValueError(f'{option} expects TASK=PATH, got {item!r}')
+        out[task] = osp.abspath(path)
+    return out
 
 
 def main(argv=None):
@@ -27,13 +48,21 @@ def main(argv=None):
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     submit = osp.abspath(args.submit) if args.submit else None
+    images, lists = _task_paths(args.images, '--images'), _task_paths(args.image_list, '--image-list')
+    stray = set(lists) - set(images)
+    if stray:
+        raise ValueError(f'--image-list names task(s) {sorted(stray)} without --images')
     cfg = load_config(args)
 
     from mmengine.runner import Runner
 
     import projects.allinone  # noqa: F401
-    from projects.allinone.utils import check_data
+    from projects.allinone.utils import check_data, use_unlabeled_images
 
+    for task, folder in images.items():
+        use_unlabeled_images(cfg, task, folder, lists.get(task))
+    if images and not submit:
+        print('note: --images without --submit predicts without writing anything', file=sys.stderr)
     check_data(cfg, 'test')
     cfg.load_from = checkpoint
     if args.submit:

@@ -1,3 +1,4 @@
 from .checked import (BadInputError, ChallengeClsDataset, ChallengeCocoDataset,  # noqa: F401
                       ChallengeSegDataset)
+from .unlabeled import UnlabeledImageDataset  # noqa: F401
 from .transforms import *  # noqa: F401,F403

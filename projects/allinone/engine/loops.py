@@ -31,6 +31,8 @@ def build_task_loaders(runner, loaders: Dict, section: str) -> 'OrderedDict[str,
         raise ValueError(f'{section} must be a dict {{task_name: dataloader config}} (one entry per task '
                          f'of model.tasks), got keys {list(loaders) if isinstance(loaders, dict) else loaders!r}')
     tasks = _task_names(runner)
+    # a child config drops a task with `task=None` (in model.tasks and in each loader dict)
+    loaders = {t: v for t, v in loaders.items() if v is not None or t in tasks}
     missing, unknown = [t for t in tasks if t not in loaders], [t for t in loaders if t not in tasks]
     if missing:
         raise ValueError(f'{section} has no entry for task(s) {missing}: every task of model.tasks '
@@ -168,20 +170,41 @@ class _MultiTaskEvalLoop(BaseLoop):
         BaseLoop.__init__(self, runner, dataloader=None)
         section = f'{self.mode}_dataloader'
         self.dataloaders = build_task_loaders(runner, dataloader, section)
+        if isinstance(evaluator, dict):  # drop the entries of tasks dropped with `task=None`
+            evaluator = {t: v for t, v in evaluator.items() if t in self.dataloaders or v is not None}
         if not isinstance(evaluator, dict) or set(evaluator) != set(self.dataloaders):
             raise ValueError(f'{self.mode}_evaluator must be a dict with one evaluator per task '
                              f'{list(self.dataloaders)}, got {list(evaluator) if isinstance(evaluator, dict) else evaluator!r}')
+        # a task whose evaluator is None is format-only (unlabeled test images): predicted and
+        # exported with the submission, not scored
         self.evaluators = OrderedDict()
         for task, loader in self.dataloaders.items():
+            if evaluator[task] is None:
+                self.evaluators[task] = None
+                continue
             ev = runner.build_evaluator(evaluator[task])
             ev.dataset_meta = getattr(loader.dataset, 'metainfo', None)
             self.evaluators[task] = ev
         self.dataloader = next(iter(self.dataloaders.values()))
         self.fp16 = fp16
-        self.leaderboard = Leaderboard(list(self.dataloaders), **(leaderboard or {}))
+        scored = [t for t, ev in self.evaluators.items() if ev is not None]
+        self.leaderboard = self._build_leaderboard(scored, dict(leaderboard or {})) if scored else None
         # submission=dict(out='sub.json', keys=dict(det='dec')): also write the challenge file
         self.submission = dict(submission) if submission and submission.get('out') else None
         self._builder = None
+
+    @staticmethod
+    def _build_leaderboard(scored: List[str], cfg: dict) -> Leaderboard:
+        """The leaderboard over the scored tasks; a board naming a format-only task is left out."""
+        boards = cfg.pop('boards', None)
+        if boards is not None:
+            kept = OrderedDict((b, ts) for b, ts in boards.items() if all(t in scored for t in ts))
+            for b in set(boards) - set(kept):
+                print_log(f'leaderboard board {b!r} needs task(s) without labels in this run: not scored',
+                          logger='current', level=logging.WARNING)
+            boards = kept or None
+        primary = {t: v for t, v in (cfg.pop('primary', None) or {}).items() if t in scored}
+        return Leaderboard(scored, primary=primary, boards=boards, **cfg)
 
     def run(self) -> dict:
         runner = self.runner
@@ -195,11 +218,17 @@ class _MultiTaskEvalLoop(BaseLoop):
             evaluator = self.evaluators[task]
             for idx, batch in enumerate(loader):
                 self.run_iter(task, idx, batch)
+            if evaluator is None:
+                print_log(f'{self.mode}: task {task!r} has no labels (format only): '
+                          f'{len(loader.dataset)} images predicted, not scored', logger='current')
+                continue
             for k, v in evaluator.evaluate(len(loader.dataset)).items():
                 metrics[f'{task}/{k}'] = v
-        metrics.update(self.leaderboard.score(metrics))
+        if self.leaderboard is not None:
+            metrics.update(self.leaderboard.score(metrics))
         if runner.rank == 0:
-            self.leaderboard.report(metrics, runner.work_dir, step=getattr(runner, 'iter', 0), mode=self.mode)
+            if self.leaderboard is not None:
+                self.leaderboard.report(metrics, runner.work_dir, step=getattr(runner, 'iter', 0), mode=self.mode)
             if self._builder is not None:
                 self._builder.dump(self.submission['out'])
                 print_log(f"submission written to {self.submission['out']}", logger='current')
@@ -216,7 +245,8 @@ class _MultiTaskEvalLoop(BaseLoop):
             outputs = step({task: batch})
         if self._builder is not None:
             self._builder.add(task, outputs, self.dataloaders[task].dataset)
-        self.evaluators[task].process(data_samples=outputs, data_batch=batch)
+        if self.evaluators[task] is not None:
+            self.evaluators[task].process(data_samples=outputs, data_batch=batch)
         runner.call_hook(f'after_{self.mode}_iter', batch_idx=idx, data_batch=batch, outputs=outputs)
 
 

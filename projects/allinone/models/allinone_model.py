@@ -32,7 +32,8 @@ class AllInOneModel(BaseModel):
     Args:
         backbone: config of the shared backbone (any registered backbone, e.g. mmdet ``ResNet`` or
             ``dict(_scope_='mmpretrain', type='VisionTransformer', ...)``).
-        tasks: ordered ``{name: model config}``; the order is the order of the per-task passes.
+        tasks: ordered ``{name: model config}``; the order is the order of the per-task passes. A
+            task set to ``None`` (a child config finetuning one task of its base) is left out.
         task_loss_weights: optional ``{name: float}`` static loss weights (default 1).
     """
 
@@ -51,7 +52,10 @@ class AllInOneModel(BaseModel):
         self.backbone = MODELS.build(backbone)
         self.tasks = ModuleDict()
         for name, cfg in tasks.items():
-            self.tasks[name] = self._build_task(name, cfg)
+            if cfg is not None:  # `task=None` in a child config drops a task of its base
+                self.tasks[name] = self._build_task(name, cfg)
+        if not len(self.tasks):
+            raise ValueError('model.tasks: every task is None; at least one task is needed')
         weights = dict(task_loss_weights or {})
         unknown = set(weights) - set(self.tasks)
         if unknown:

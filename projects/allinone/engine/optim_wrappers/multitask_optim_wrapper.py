@@ -69,7 +69,9 @@ class MultiTaskOptimWrapper(OptimWrapper):
 
     # ---------------------------------------------------------------- set-up
     def _init_multitask(self, aggregator, streaming, stats_interval):
-        self.aggregator = AGGREGATORS.build(aggregator) if isinstance(aggregator, dict) else aggregator
+        if isinstance(aggregator, dict):  # built in the aggregators' own scope (no mmdet-scope warning)
+            aggregator = AGGREGATORS.build(dict(aggregator, _scope_=aggregator.get('_scope_', 'allinone')))
+        self.aggregator = aggregator
         if not isinstance(self.aggregator, GradAggregator):
             raise TypeError(f'optim_wrapper.aggregator must build a GradAggregator, got {type(self.aggregator)}')
         if streaming and not self.aggregator.streaming:
