@@ -2,5 +2,25 @@
 from .base import AggregateResult, GradAggregator, LinearAggregator
 from .sum import SumAggregator
 from .tbgc import TBGCAggregator
+from .dwa import DWAAggregator
+from .equal import EqualAggregator
+from .famo import FAMOAggregator
+from .gradnorm import GradNormAggregator
+from .maxgnr import MaxGNRAggregator
+from .rlw import RLWAggregator
+from .uncertainty import UncertaintyAggregator
+from .aligned_mtl import AlignedMTLAggregator
+from .cagrad import CAGradAggregator
+from .gradvac import GradVacAggregator
+from .imtl import IMTLGAggregator
+from .mgda import MGDAAggregator
+from .nashmtl import NashMTLAggregator
+from .pcgrad import PCGradAggregator
+from .chain import ChainAggregator
+from .presets import METHOD_PRESETS, method_optim_overrides
 
-__all__ = ['AggregateResult', 'GradAggregator', 'LinearAggregator', 'SumAggregator', 'TBGCAggregator']
+__all__ = ['AggregateResult', 'GradAggregator', 'LinearAggregator', 'SumAggregator', 'TBGCAggregator',
+           'DWAAggregator', 'EqualAggregator', 'FAMOAggregator', 'GradNormAggregator', 'MaxGNRAggregator',
+           'RLWAggregator', 'UncertaintyAggregator',
+           'AlignedMTLAggregator', 'CAGradAggregator', 'GradVacAggregator', 'IMTLGAggregator', 'MGDAAggregator',
+           'NashMTLAggregator', 'PCGradAggregator', 'ChainAggregator', 'METHOD_PRESETS', 'method_optim_overrides']

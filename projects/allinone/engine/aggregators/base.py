@@ -15,7 +15,7 @@ own parameters. Methods that are linear with weights computable one task at a ti
 gradients at once; both modes give the same result (tested).
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -106,3 +106,29 @@ class LinearAggregator(GradAggregator):
                                 for n, h, l, t in zip(norms, head_norms, losses, tasks)], dtype=grads.dtype)
         weights, head, _ = self.finish(norms, head_norms, factors, losses, tasks)
         return AggregateResult(grad=weights.to(grads) @ grads, weights=weights, head_scales=head)
+
+
+def build_aggregator(cfg: Union[dict, GradAggregator]) -> GradAggregator:
+    """Build from ``dict(type=..., **kwargs)`` (or pass an instance through).
+
+    The aggregators' registry has a scope of its own; looking the class up directly avoids
+    mmengine's scope switching (and its warnings under the mmdet default scope).
+    """
+    if isinstance(cfg, GradAggregator):
+        return cfg
+    from ...registry import AGGREGATORS
+    if not isinstance(cfg, dict) or 'type' not in cfg:
+        raise TypeError(f'an aggregator config must be a dict with a "type", got {cfg!r}')
+    cfg = dict(cfg)
+    cfg.pop('_scope_', None)
+    kind = cfg.pop('type')
+    cls = AGGREGATORS.get(kind) if isinstance(kind, str) else kind
+    if cls is None:
+        raise KeyError(f'unknown aggregator {kind!r}; registered: {sorted(AGGREGATORS.module_dict)}')
+    try:
+        obj = cls(**cfg)
+    except TypeError as e:
+        raise TypeError(f'{kind}: {e}') from e
+    if not isinstance(obj, GradAggregator):
+        raise TypeError(f'{kind} built {type(obj).__name__}, not a GradAggregator')
+    return obj

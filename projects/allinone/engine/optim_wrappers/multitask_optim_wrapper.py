@@ -9,8 +9,8 @@ from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from torch import Tensor, nn
 
-from ...registry import AGGREGATORS, OPTIM_WRAPPERS
-from ..aggregators.base import GradAggregator
+from ...registry import OPTIM_WRAPPERS
+from ..aggregators.base import GradAggregator, build_aggregator
 
 
 def _total_norm(grads: Sequence[Tensor]) -> float:
@@ -69,9 +69,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
 
     # ---------------------------------------------------------------- set-up
     def _init_multitask(self, aggregator, streaming, stats_interval):
-        if isinstance(aggregator, dict):  # built in the aggregators' own scope (no mmdet-scope warning)
-            aggregator = AGGREGATORS.build(dict(aggregator, _scope_=aggregator.get('_scope_', 'allinone')))
-        self.aggregator = aggregator
+        self.aggregator = build_aggregator(aggregator) if isinstance(aggregator, dict) else aggregator
         if not isinstance(self.aggregator, GradAggregator):
             raise TypeError(f'optim_wrapper.aggregator must build a GradAggregator, got {type(self.aggregator)}')
         if streaming and not self.aggregator.streaming:

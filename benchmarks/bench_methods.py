@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Per-step cost of each multi-task method against the vanilla joint step, on the demo model.
+
+Every method runs through ``MultiTaskOptimWrapper`` on its own copy of the demo model (half-width
+ResNet-18 backbone, RTMDet + FPNHead + linear head, T = 3) with the same real demo batches. The
+arms are interleaved step by step in one process, so machine noise hits them alike, and the
+median of the per-step ratios to the vanilla step (mmengine's ``OptimWrapper``: one backward of the
+summed loss, global clip) is reported. Memory: each method alone in a fresh process, peak of the
+profiler's tensor-memory timeline over one step after two warm-up steps (as bench_tbgc.py).
+
+    python benchmarks/bench_methods.py [--methods vanilla tbgc pcgrad ...] [--steps 10]
+        [--out benchmarks/results/methods.json]
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+from bench_tbgc import build, step  # noqa: E402
+
+DEFAULT_METHODS = ('vanilla', 'tbgc', 'maxgnr', 'pcgrad', 'cagrad', 'mgda', 'nashmtl', 'imtl', 'gradvac',
+                   'aligned', 'uw', 'dwa', 'gradnorm', 'rlw', 'famo', 'tbgc+pcgrad')
+CLIP = dict(max_norm=10.0)  # the demo config's global clip
+
+
+def make_wrapper(method, model):
+    import torch
+    from mmengine.optim import OptimWrapper
+
+    from projects.allinone.engine.aggregators import method_optim_overrides
+    from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if method == 'joint':
+        return OptimWrapper(opt, clip_grad=CLIP)
+    over = method_optim_overrides(method)
+    return MultiTaskOptimWrapper(opt, aggregator=over['aggregator'], clip_grad=over.get('clip_grad', CLIP),
+                                 stats_interval=0)
+
+
+def run_speed(args, methods):
+    import torch
+    torch.set_num_threads(args.threads)
+    model, batch = build(args.data)
+    arms = ('joint', ) + tuple(methods)
+    models = {a: copy.deepcopy(model) for a in arms}
+    wrappers = {a: make_wrapper(a, models[a]) for a in arms}
+    times = {a: [] for a in arms}
+    for i in range(args.warmup + args.steps):
+        for a in (arms if i % 2 == 0 else arms[::-1]):
+            torch.manual_seed(i)  # RLW / PCGrad draw from the global RNG
+            t0 = time.perf_counter()
+            step(models[a], wrappers[a], batch)
+            if i >= args.warmup:
+                times[a].append(time.perf_counter() - t0)
+    out = {}
+    for a in arms:
+        ratios = [t / v for t, v in zip(times[a], times['joint'])]
+        out[a] = dict(median_s=statistics.median(times[a]), ratio_to_joint=statistics.median(ratios))
+    shared = sum(p.numel() for _, p in model.shared_parameters())
+    return out, shared
+
+
+def run_memory_arm(args):
+    import tempfile
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    torch.set_num_threads(args.threads)
+    model, batch = build(args.data)
+    wrapper = make_wrapper(args.arm, model)
+    for _ in range(2):
+        step(model, wrapper, batch)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        step(model, wrapper, batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = osp.join(tmp, 'timeline.json')
+        prof.export_memory_timeline(path, device='cpu')
+        with open(path) as f:
+            _, sizes = json.load(f)
+    print(json.dumps(dict(peak_mb=max(sum(s) for s in sizes) / 2**20)))
+
+
+def measure(methods, data, steps=10, warmup=2, threads=2, memory=True):
+    """Speed (interleaved, one process) and memory (one process per method) of ``methods``."""
+    args = argparse.Namespace(data=data, steps=steps, warmup=warmup, threads=threads)
+    speed, n_shared = run_speed(args, methods)
+    mem = {}
+    if memory:
+        for a in ('joint', ) + tuple(methods):
+            outp = subprocess.check_output([sys.executable, osp.abspath(__file__), '--arm', a, '--data', data,
+                                            '--threads', str(threads)], stderr=subprocess.DEVNULL)
+            mem[a] = json.loads(outp.decode().strip().splitlines()[-1])['peak_mb']
+    return dict(speed=speed, peak_tensor_mb=mem, shared_params=n_shared, steps=steps,
+                machine=dict(cpu=platform.processor() or platform.machine(), threads=threads,
+                             cores=os.cpu_count()))
+
+
+def table(res, methods):
+    lines = ['| method | median step (s) | step / joint | extra time vs vanilla | peak tensor memory (MB) |',
+             '|---|---|---|---|---|']
+    base = res['speed'].get('vanilla', res['speed']['joint'])['ratio_to_joint']
+    for a in ('joint', ) + tuple(methods):
+        s = res['speed'][a]
+        mem = res['peak_tensor_mb'].get(a)
+        lines.append(f"| {a} | {s['median_s']:.3f} | {s['ratio_to_joint']:.3f} | "
+                     f"{100 * (s['ratio_to_joint'] / base - 1):+.1f}% | {'-' if mem is None else f'{mem:.1f}'} |")
+    return '\n'.join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--methods', nargs='+', default=list(DEFAULT_METHODS))
+    p.add_argument('--data', default=osp.join(REPO, 'data', 'demo'))
+    p.add_argument('--steps', type=int, default=10)
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--no-memory', action='store_true')
+    p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'results', 'methods.json'))
+    p.add_argument('--arm', help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.arm:
+        return run_memory_arm(args)
+    if not osp.exists(osp.join(args.data, 'meta.json')):
+        subprocess.check_call([sys.executable, osp.join(REPO, 'tools', 'make_demo_data.py'), '--out', args.data])
+    res = measure(args.methods, args.data, args.steps, args.warmup, args.threads, memory=not args.no_memory)
+    os.makedirs(osp.dirname(args.out), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(res, f, indent=1)
+    print(f"shared (backbone) parameters: {res['shared_params']:,}; T = 3; {args.steps} interleaved steps")
+    print(table(res, args.methods))
+
+
+if __name__ == '__main__':
+    main()

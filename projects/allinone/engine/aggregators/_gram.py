@@ -1,0 +1,107 @@
+"""Shared pieces of the gradient-aggregation methods (PCGrad, CAGrad, MGDA, IMTL-G, ...).
+
+Every one of these methods returns a linear combination ``w @ grads`` of the task gradients and
+decides ``w`` from the ``T x T`` Gram matrix alone. So the only O(n) work is the Gram matrix
+(accumulated in float64 on the gradients' device, a slice of columns at a time) and the final
+combination; everything else is float64 numpy on ``T x T`` matrices.
+"""
+import itertools
+import math
+import numpy as np
+import torch
+from scipy.optimize import minimize
+from torch import Tensor
+
+from .base import AggregateResult
+
+#: columns per float64 slice when forming the Gram matrix (T x 4M doubles at a time)
+GRAM_CHUNK = 1 << 22
+#: above this many tasks :func:`min_norm_weights` uses SLSQP instead of the exact enumeration
+EXACT_MAX_TASKS = 10
+
+
+def gram_matrix(grads: Tensor, chunk: int = GRAM_CHUNK) -> np.ndarray:
+    """``grads @ grads.T`` accumulated in float64 (exact enough for 90M-long float32 rows)."""
+    T, n = grads.shape
+    K = torch.zeros(T, T, dtype=torch.float64, device=grads.device)
+    for start in range(0, n, chunk):
+        block = grads[:, start:start + chunk].to(torch.float64)
+        K.addmm_(block, block.T)
+    K = K.cpu().numpy()
+    return (K + K.T) / 2
+
+
+def make_result(grads: Tensor, weights, head_scales=None) -> AggregateResult:
+    """``grad = weights @ grads`` with the weights exactly as returned (in the gradients' dtype)."""
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64)).to(grads.dtype)
+    grad = w.to(grads.device) @ grads
+    if head_scales is None:
+        head = torch.ones(len(w), dtype=grads.dtype)
+    else:
+        head = torch.as_tensor(np.asarray(head_scales, dtype=np.float64)).to(grads.dtype)
+    return AggregateResult(grad=grad, weights=w, head_scales=head)
+
+
+def random_order(T: int, skip: int):
+    """The other tasks than ``skip`` in a random order drawn from torch's global RNG.
+
+    With at most one other task nothing is drawn, so two-task runs leave the RNG untouched.
+    """
+    if T <= 2:
+        return [j for j in range(T) if j != skip]
+    return [j for j in torch.randperm(T).tolist() if j != skip]
+
+
+def min_norm_weights(K: np.ndarray, exact_max_tasks: int = EXACT_MAX_TASKS) -> np.ndarray:
+    """``argmin_{w in simplex} w^T K w``: the min-norm point of the convex hull of the rows.
+
+    Exact for ``T <= exact_max_tasks``: for every support set S the equality-constrained problem
+    ``K_S w_S + mu 1 = 0, 1^T w_S = 1`` is solved (nonsingular exactly when the gradients of S are
+    affinely independent, and the optimum always has such a support); of the feasible (w >= 0)
+    candidates the one with the smallest ``w^T K w`` is taken. Every candidate is a true point of
+    the simplex, so a badly conditioned subset can never return a worse value than the optimum's
+    own support. Larger T: SLSQP on the simplex.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    T = len(K)
+    if T == 1:
+        return np.ones(1)
+    scale = float(np.max(np.diag(K)))
+    if not scale > 0:
+        return np.full(T, 1.0 / T)
+    A = K / scale
+    if T <= exact_max_tasks:
+        best, best_val = None, math.inf
+        for k in range(1, T + 1):
+            for S in itertools.combinations(range(T), k):
+                S = list(S)
+                M = np.zeros((k + 1, k + 1))
+                M[:k, :k] = A[np.ix_(S, S)]
+                M[:k, k] = 1.0
+                M[k, :k] = 1.0
+                rhs = np.zeros(k + 1)
+                rhs[k] = 1.0
+                try:
+                    sol = np.linalg.solve(M, rhs)
+                except np.linalg.LinAlgError:
+                    continue
+                wS = sol[:k]
+                if not np.all(np.isfinite(wS)) or wS.min() < -1e-9:
+                    continue
+                w = np.zeros(T)
+                w[S] = np.clip(wS, 0.0, None)
+                total = w.sum()
+                if not total > 0:
+                    continue
+                w /= total
+                val = float(w @ A @ w)
+                if val < best_val - 1e-15:
+                    best, best_val = w, val
+        if best is not None:
+            return best
+    res = minimize(lambda x: 0.5 * x @ A @ x, np.full(T, 1.0 / T), jac=lambda x: A @ x, method='SLSQP',
+                   bounds=[(0.0, 1.0)] * T, constraints=[dict(type='eq', fun=lambda x: x.sum() - 1.0,
+                                                              jac=lambda x: np.ones_like(x))],
+                   options=dict(ftol=1e-15, maxiter=1000))
+    w = np.clip(np.nan_to_num(res.x, nan=0.0), 0.0, None)
+    return w / w.sum() if w.sum() > 0 else np.full(T, 1.0 / T)

@@ -1,0 +1,103 @@
+"""GradNorm (Chen, Badrinarayanan, Lee and Rabinovich, ICML 2018)."""
+import math
+from typing import Dict, Optional
+
+import torch
+
+from ...registry import AGGREGATORS
+from ._scalar_optim import ScalarOptimizer
+from .base import LinearAggregator
+
+
+@AGGREGATORS.register_module()
+class GradNormAggregator(LinearAggregator):
+    """Learn loss weights so that the weighted task gradients have norms set by training rates.
+
+    With ``G_t = w_t ||g_t||`` (the norm of the weighted task gradient), ``Gbar`` their mean,
+    ``Ltilde_t = L_t / L_t(0)`` (loss relative to the task's first loss) and
+    ``r_t = Ltilde_t / mean(Ltilde)``, the weights take a gradient step on
+    ``L_grad = sum_t |G_t - Gbar r_t^alpha|`` with the target ``Gbar r_t^alpha`` held constant, then
+    are renormalised to sum to T. A task that trains more slowly (larger ``r_t``) is pushed to a
+    larger gradient norm; with ``alpha = 0`` all ``w_t ||g_t||`` are equalised.
+
+    Reference: Z. Chen, V. Badrinarayanan, C.-Y. Lee, A. Rabinovich, "GradNorm: Gradient
+    Normalization for Adaptive Loss Balancing in Deep Multitask Networks", ICML 2018.
+
+    Since ``||g_t||`` (the unweighted task gradient) does not depend on ``w``,
+    ``dL_grad/dw_t = sign(G_t - target_t) ||g_t||`` in closed form: no double backward through the
+    network is needed (double backward is what breaks GradNorm implementations with SyncBN), and
+    the method runs streaming, from the norms the optim wrapper measures anyway.
+
+    Args:
+        alpha: the restoring-force exponent (default 1.5, the paper's value for NYUv2).
+        lr: learning rate of the weight update (default 0.01).
+        optimizer: ``'adam'`` (default) or ``'sgd'``. With SGD the step is ``lr * ||g_t||``, so ``lr``
+            must match the scale of the gradient norms; Adam is scale free.
+        min_weight: weights are clamped at this value before the renormalisation (default 1e-3), so
+            that none turns negative.
+
+    Departures: ``||g_t||`` is the norm of task t's gradient on *all* shared parameters (what the
+    wrapper measures), where the paper uses the last shared layer only (cheaper there; here the full
+    norm is free). ``L_t(0)`` is the first loss the aggregator sees for the task. The weights learn
+    with their own optimizer instead of the network's, and a step uses the weights of the step before
+    (updated after its gradients are known). Losses should be positive (``Ltilde`` is clamped at 0).
+    """
+
+    def __init__(self, alpha: float = 1.5, lr: float = 0.01, optimizer: str = 'adam', min_weight: float = 1e-3,
+                 tasks=None):
+        super().__init__(tasks)
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+            raise ValueError(f'GradNormAggregator.alpha must be a finite number >= 0, got {alpha!r}')
+        if not (isinstance(min_weight, (int, float)) and 0 < min_weight < 1):
+            raise ValueError(f'GradNormAggregator.min_weight must lie in (0, 1), got {min_weight!r}')
+        self._opt = ScalarOptimizer(optimizer, lr, owner='GradNormAggregator')
+        self.alpha = float(alpha)
+        self.lr = float(lr)
+        self.optimizer = optimizer
+        self.min_weight = float(min_weight)
+        self._w: Dict[str, float] = {}
+        self._initial_loss: Dict[str, float] = {}
+
+    def task_factor(self, norm, head_norm, loss, task=None):
+        return self._w.get(task, 1.0)
+
+    def finish(self, norms, head_norms, factors, losses=None, tasks=None):
+        out = super().finish(norms, head_norms, factors, losses, tasks)
+        if losses is not None and len(factors):
+            self._update(self.row_tasks(len(factors), tasks), norms.tolist(), losses.tolist())
+        return out
+
+    def _update(self, tasks, norms, losses):
+        for t, loss in zip(tasks, losses):
+            self._initial_loss.setdefault(t, loss)
+            self._w.setdefault(t, 1.0)
+        rel = [max(loss / self._initial_loss[t], 0.0) if self._initial_loss[t] > 0 else 1.0
+               for t, loss in zip(tasks, losses)]
+        mean_rel = sum(rel) / len(rel)
+        G = [self._w[t] * n for t, n in zip(tasks, norms)]
+        G_mean = sum(G) / len(G)
+        grads = {}
+        for t, g, n, r in zip(tasks, G, norms, rel):
+            ratio = r / mean_rel if mean_rel > 0 else 1.0
+            target = G_mean * ratio ** self.alpha
+            grads[t] = math.copysign(n, g - target) if g != target else 0.0
+        total = sum(self._w[t] for t in tasks)  # renormalise the present tasks to their old total
+        self._opt.step(self._w, grads)
+        for t in tasks:
+            self._w[t] = max(self._w[t], self.min_weight)
+        new_total = sum(self._w[t] for t in tasks)
+        for t in tasks:
+            self._w[t] *= total / new_total
+
+    def next_weights(self, tasks: Optional[list] = None) -> torch.Tensor:
+        """The weights the next step will use (for logs and tests)."""
+        tasks = self.tasks if tasks is None else tasks
+        return torch.tensor([self._w.get(t, 1.0) for t in tasks], dtype=torch.float64)
+
+    def state_dict(self) -> Dict:
+        return dict(w=dict(self._w), initial_loss=dict(self._initial_loss), optimizer=self._opt.state_dict())
+
+    def load_state_dict(self, state: Dict) -> None:
+        self._w = {k: float(v) for k, v in state.get('w', {}).items()}
+        self._initial_loss = {k: float(v) for k, v in state.get('initial_loss', {}).items()}
+        self._opt.load_state_dict(state.get('optimizer', {}))
