@@ -14,8 +14,8 @@ from torch import Tensor
 
 from .base import AggregateResult
 
-#: columns per float64 slice when forming the Gram matrix (T x 4M doubles at a time)
-GRAM_CHUNK = 1 << 22
+#: columns per float64 slice when forming the Gram matrix (T x 256k doubles: a few MB at a time)
+GRAM_CHUNK = 1 << 18
 #: above this many tasks :func:`min_norm_weights` uses SLSQP instead of the exact enumeration
 EXACT_MAX_TASKS = 10
 

@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Train the same config with several multi-task methods and compare them side by side.
+
+    python tools/compare_methods.py --methods vanilla tbgc maxgnr pcgrad cagrad mgda nashmtl imtl \
+        [--config configs/allinone_demo.py] [--max-iters 500] [--val-points 4] [--out work_dirs/methods]
+
+Each method (a name of ``METHOD_PRESETS``, a ``+`` chain such as ``tbgc+pcgrad``, or an aggregator
+class name) gets a child config of ``--config`` that changes only ``optim_wrapper.aggregator`` (and
+drops the global clip for TBGC, which replaces it); all runs share the seed, data and schedule.
+Runs already finished in ``--out`` are reused (delete a run's folder to redo it). Then the
+per-step cost of every method is measured on the demo model (``benchmarks/bench_methods.py``:
+interleaved steps, ratio to the vanilla step, profiler peak memory), and the tool writes
+``--out/methods.md`` (per-task scores, leaderboard A, training time per iteration, step cost and
+peak memory) and ``--out/curves.png`` (each task's validation score over training).
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, osp.join(REPO, 'benchmarks'))
+
+
+def child_config(base: str, method: str, path: str, max_iters=None, val_points=4) -> None:
+    """A config that differs from ``base`` in the method only (and, with ``max_iters``, in a
+    schedule shrunk in proportion: every iteration-based scheduler boundary scales with it)."""
+    from mmengine.config import Config
+
+    from projects.allinone.engine.aggregators import method_optim_overrides
+    over = method_optim_overrides(method)
+    lines = [f'# {method}: written by tools/compare_methods.py', f'_base_ = [{osp.abspath(base)!r}]',
+             f"optim_wrapper = dict(aggregator=dict(_delete_=True, **{over['aggregator']!r})"
+             + (', clip_grad=None)' if 'clip_grad' in over else ')')]
+    if max_iters:
+        cfg = Config.fromfile(base)
+        factor = max_iters / cfg.train_cfg.max_iters
+        scheds = []
+        for sch in cfg.get('param_scheduler') or []:
+            sch = dict(sch)
+            for key in ('begin', 'end'):
+                if key in sch and not sch.get('by_epoch', True):
+                    sch[key] = max(0 if key == 'begin' else 1, round(sch[key] * factor))
+            scheds.append(sch)
+        interval = max(1, max_iters // max(1, val_points))
+        lines += [f'train_cfg = dict(max_iters={max_iters}, val_interval={interval})',
+                  f'param_scheduler = {scheds!r}',
+                  f'default_hooks = dict(checkpoint=dict(interval={max_iters}))']
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
+def train(method, args, run_dir):
+    cfg_path = osp.join(args.out, 'configs', method.replace('+', '_') + '.py')
+    os.makedirs(osp.dirname(cfg_path), exist_ok=True)
+    child_config(args.config, method, cfg_path, args.max_iters, args.val_points)
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'train.py'), cfg_path, '--work-dir', run_dir]
+    print(f'[{method}] training: {" ".join(cmd)}', flush=True)
+    t0 = time.time()
+    with open(osp.join(args.out, f"{method.replace('+', '_')}.log"), 'w') as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        raise RuntimeError(f'[{method}] training failed (exit {rc}); see {log.name}')
+    print(f'[{method}] done in {time.time() - t0:.0f} s', flush=True)
+
+
+def read_run(run_dir):
+    with open(osp.join(run_dir, 'leaderboard.json')) as f:
+        board = json.load(f)
+    history = []
+    hist = osp.join(run_dir, 'leaderboard_history.json')
+    if osp.exists(hist):
+        with open(hist) as f:
+            history = [h for h in json.load(f) if h.get('mode') == 'val']
+    times = []
+    files = sorted(glob.glob(osp.join(run_dir, '*', 'vis_data', 'scalars.json')), key=osp.getmtime)
+    if files:
+        with open(files[-1]) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        times = [r['time'] for r in rows if 'time' in r and 'loss' in r]
+    half = times[len(times) // 2:]
+    return board, history, (statistics.median(half) if half else float('nan'))
+
+
+def plot(results, tasks, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = tasks + ['A']
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, t in zip(axes[0], panels):
+        for method, (_, history, _) in results.items():
+            xs = [h['iter'] for h in history if f'leaderboard/{t}' in h]
+            ys = [h[f'leaderboard/{t}'] for h in history if f'leaderboard/{t}' in h]
+            ax.plot(xs, ys, marker='o', ms=3, label=method)
+        ax.set_title('leaderboard A' if t == 'A' else t)
+        ax.set_xlabel('iteration')
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel('validation score')
+    axes[0][-1].legend(fontsize=7, loc='lower right')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--methods', nargs='+', required=True)
+    p.add_argument('--config', default=osp.join(REPO, 'configs', 'allinone_demo.py'))
+    p.add_argument('--max-iters', type=int, help="another schedule length (the config's schedulers scaled to it)")
+    p.add_argument('--val-points', type=int, default=4, help='validations per run with --max-iters')
+    p.add_argument('--out', default=osp.join(REPO, 'work_dirs', 'methods'))
+    p.add_argument('--bench-steps', type=int, default=10, help='interleaved steps of the cost benchmark (0: skip)')
+    p.add_argument('--data', default=osp.join(REPO, 'data', 'demo'), help='demo data for the cost benchmark')
+    args = p.parse_args(argv)
+    args.out = osp.abspath(args.out)
+    os.makedirs(args.out, exist_ok=True)
+
+    from projects.allinone.engine.aggregators import method_optim_overrides
+    for m in args.methods:  # fail on a typo before hours of training
+        method_optim_overrides(m)
+    results = {}
+    for m in args.methods:
+        run_dir = osp.join(args.out, m.replace('+', '_'))
+        if not osp.exists(osp.join(run_dir, 'leaderboard.json')):
+            train(m, args, run_dir)
+        else:
+            print(f'[{m}] reusing the finished run in {run_dir}')
+        results[m] = read_run(run_dir)
+
+    cost = None
+    if args.bench_steps:
+        from bench_methods import measure
+        print(f'measuring the step cost of {len(args.methods)} methods ({args.bench_steps} interleaved steps)...',
+              flush=True)
+        cost = measure([m for m in args.methods], args.data, steps=args.bench_steps)
+        with open(osp.join(args.out, 'cost.json'), 'w') as f:
+            json.dump(cost, f, indent=1)
+
+    first = next(iter(results.values()))[0]
+    tasks = [k.split('/', 1)[1] for k in first if k.startswith('leaderboard/') and k != 'leaderboard/A'
+             and not k.startswith('leaderboard/B')]
+    head = '| method | ' + ' | '.join(tasks) + ' | leaderboard A | train s/iter |'
+    sep = '|---' * (len(tasks) + 3)
+    if cost:
+        head += ' step / vanilla | peak tensor MB |'
+        sep += '|---|---'
+        base = cost['speed']['vanilla']['ratio_to_joint'] if 'vanilla' in cost['speed'] else 1.0
+    lines = [head, sep + '|']
+    for m, (board, _, t_iter) in results.items():
+        row = f'| {m} | ' + ' | '.join(f"{board.get(f'leaderboard/{t}', float('nan')):.4f}" for t in tasks)
+        row += f" | {board['leaderboard/A']:.4f} | {t_iter:.3f} |"
+        if cost:
+            row += f" {cost['speed'][m]['ratio_to_joint'] / base:.3f} | {cost['peak_tensor_mb'].get(m, float('nan')):.1f} |"
+        lines.append(row)
+    note = (f"config {osp.relpath(args.config, REPO)}, "
+            f"{args.max_iters or 'config'} iterations, same seed; scores: last validation")
+    text = '\n'.join(lines) + f'\n\n({note})\n'
+    with open(osp.join(args.out, 'methods.md'), 'w') as f:
+        f.write(text)
+    plot(results, tasks, osp.join(args.out, 'curves.png'))
+    print(text)
+    print(f"written: {osp.join(args.out, 'methods.md')}, {osp.join(args.out, 'curves.png')}")
+
+
+if __name__ == '__main__':
+    main()
