@@ -273,6 +273,9 @@ class MultiTaskOptimWrapper(OptimWrapper):
                     stats[f'cos.{tasks[i]}-{tasks[j]}'] = float(cos[i, j])
         for t, n in self.skipped.items():
             stats[f'{t}.nonfinite_skips'] = float(n)
+        fallbacks = getattr(self.aggregator, 'fallbacks', None)  # solver failures (Nash-MTL, CAGrad)
+        if fallbacks is not None:
+            stats['aggregator.fallbacks'] = float(fallbacks)
         self.last_stats = stats
         for key, value in stats.items():
             self.message_hub.update_scalar(f'train/{key}', value)
