@@ -134,3 +134,34 @@ def test_unknown_task_in_batch(model, demo_cfg):
     batch, _ = loader_batch(demo_cfg, 'cls')
     with pytest.raises(KeyError, match="unknown task 'car'"):
         model.val_step({'car': batch})
+
+
+def test_a_shared_neck_counts_as_shared_and_every_task_reaches_it(registered, demo_cfg):
+    from conftest import REPO
+    from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+    cfg = Config.fromfile(f'{REPO}/configs/allinone_demo_shared_neck.py').model
+    torch.manual_seed(0)
+    model = build(cfg)
+    part = model.parameter_partition()
+    neck = {id(p) for p in model.neck.parameters()}
+    assert neck and neck <= {id(p) for p in part['shared']}
+    assert not any(id(p) in neck for t in model.task_names for p in part[t])
+    reached = set()
+    for task in model.task_names:
+        model.zero_grad(set_to_none=True)
+        batch, _ = loader_batch(demo_cfg, task)
+        loss, _ = model.task_loss(task, batch)
+        loss.backward()
+        got = {n for n, p in model.neck.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert got, task
+        reached |= got
+    # detection reads strides 8-32 only, so the stride-4 convs of the FPN are the others' alone
+    assert reached == {n for n, _ in model.neck.named_parameters()}
+    # the methods combine the neck's gradients with the backbone's
+    before = [p.detach().clone() for p in model.neck.parameters()]
+    wrapper = MultiTaskOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1),
+                                    aggregator=dict(type='PCGradAggregator'))
+    model.zero_grad(set_to_none=True)
+    model.train_step({t: loader_batch(demo_cfg, t)[0] for t in model.task_names}, wrapper)
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.neck.parameters()))
+    assert set(wrapper.last_stats) >= {f'{t}.weight' for t in model.task_names}

@@ -35,12 +35,17 @@ class AllInOneModel(BaseModel):
         tasks: ordered ``{name: model config}``; the order is the order of the per-task passes. A
             task set to ``None`` (a child config finetuning one task of its base) is left out.
         task_loss_weights: optional ``{name: float}`` static loss weights (default 1).
+        neck: optional *shared* neck after the backbone (e.g. an mmdet ``FPN``): every task sees its
+            outputs, and its parameters count as shared, so the gradient methods act on backbone +
+            neck. A neck inside a task's config stays that task's own. This is how a user chooses
+            what is shared: backbone only (necks in the tasks) or backbone + shared neck.
     """
 
     def __init__(self,
                  backbone: dict,
                  tasks: Dict[str, dict],
                  task_loss_weights: Optional[Dict[str, float]] = None,
+                 neck: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg=None):
         # the top-level preprocessor only moves data to the device; each task normalises its own
@@ -50,6 +55,7 @@ class AllInOneModel(BaseModel):
             raise ValueError('model.tasks must be a non-empty dict {task_name: model config}, '
                              f'got {tasks!r}')
         self.backbone = MODELS.build(backbone)
+        self.neck = MODELS.build(neck) if neck is not None else None
         self.tasks = ModuleDict()
         for name, cfg in tasks.items():
             if cfg is not None:  # `task=None` in a child config drops a task of its base
@@ -91,10 +97,14 @@ class AllInOneModel(BaseModel):
         return list(self.tasks.keys())
 
     def shared_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
-        """Trainable parameters every task's loss reaches (the shared backbone)."""
+        """Trainable parameters every task's loss reaches (the backbone and the shared neck, if any)."""
         for n, p in self.backbone.named_parameters(prefix='backbone'):
             if p.requires_grad:
                 yield n, p
+        if self.neck is not None:
+            for n, p in self.neck.named_parameters(prefix='neck'):
+                if p.requires_grad:
+                    yield n, p
 
     def task_parameters(self, task: str) -> Iterator[Tuple[str, nn.Parameter]]:
         """Trainable parameters only ``task``'s loss reaches (its necks, heads)."""
@@ -117,7 +127,11 @@ class AllInOneModel(BaseModel):
 
     def extract_feat(self, inputs: torch.Tensor):
         feats = self.backbone(inputs)
-        return tuple(feats) if isinstance(feats, (list, tuple)) else (feats, )
+        feats = tuple(feats) if isinstance(feats, (list, tuple)) else (feats, )
+        if self.neck is not None:
+            feats = self.neck(feats)
+            feats = tuple(feats) if isinstance(feats, (list, tuple)) else (feats, )
+        return feats
 
     def task_loss(self, task: str, batch: dict) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Preprocess ``batch`` with the task's own preprocessor and return its weighted loss."""
