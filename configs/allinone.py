@@ -1,7 +1,8 @@
 # The competition setup (CVPR 2023 Foundation Model Challenge, Track 1): a ViT-Base backbone shared
 # by DINO detection (45 TT100K classes), SETR-PUP segmentation (BDD100K, 19 classes) and a Stanford
 # Cars head (196 classes), trained with TBGC:  python tools/train.py configs/allinone.py
-# (batch sizes are per GPU for 8 GPUs; multi-GPU training needs a per-task DDP wrapper, see README)
+# (batch sizes are per GPU for 8 GPUs: tools/dist_train.sh configs/allinone.py 8; the per-task DDP
+# wrapper is set in _base_/default_runtime.py)
 _base_ = ['./_base_/default_runtime.py', './_base_/datasets/track1.py']
 
 embed = 768

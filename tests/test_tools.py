@@ -101,10 +101,14 @@ def test_train_without_data_names_the_missing_path(tmp_path):
     assert 'check_data' in err  # stopped by the data check, before any model is built
 
 
-def test_distributed_without_a_per_task_wrapper_is_refused(tmp_path):
+def test_distributed_with_mmengines_ddp_wrapper_is_refused(tmp_path):
+    """MMDistributedDataParallel sums the task losses and skips the per-task step: refused by name
+    (distributed training itself is tested in test_distributed.py)."""
     proc = run([osp.join(REPO, 'tools', 'train.py'), osp.join(REPO, 'configs', 'allinone_demo.py'),
-                '--launcher', 'pytorch'], cwd=tmp_path, check=False)
+                '--launcher', 'pytorch', '--cfg-options', 'model_wrapper_cfg.type=MMDistributedDataParallel'],
+               cwd=tmp_path, check=False)
     assert proc.returncode != 0 and 'model_wrapper_cfg' in proc.stderr
+    assert 'MultiTaskDistributedDataParallel' in proc.stderr
 
 
 @pytest.mark.slow

@@ -63,8 +63,11 @@ def train(method, args, run_dir):
     cmd = [sys.executable, osp.join(REPO, 'tools', 'train.py'), cfg_path, '--work-dir', run_dir]
     print(f'[{method}] training: {" ".join(cmd)}', flush=True)
     t0 = time.time()
+    env = dict(os.environ)
+    if args.threads:  # on a shared machine, one thread avoids the thrash of oversubscribed OpenMP
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     with open(osp.join(args.out, f"{method.replace('+', '_')}.log"), 'w') as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if rc != 0:
         raise RuntimeError(f'[{method}] training failed (exit {rc}); see {log.name}')
     print(f'[{method}] done in {time.time() - t0:.0f} s', flush=True)
@@ -115,6 +118,7 @@ def main(argv=None):
     p.add_argument('--max-iters', type=int, help="another schedule length (the config's schedulers scaled to it)")
     p.add_argument('--val-points', type=int, default=4, help='validations per run with --max-iters')
     p.add_argument('--out', default=osp.join(REPO, 'work_dirs', 'methods'))
+    p.add_argument('--threads', type=int, help='torch threads of each training run (default: torch\'s own)')
     p.add_argument('--bench-steps', type=int, default=10, help='interleaved steps of the cost benchmark (0: skip)')
     p.add_argument('--data', default=osp.join(REPO, 'data', 'demo'), help='demo data for the cost benchmark')
     args = p.parse_args(argv)
@@ -158,8 +162,8 @@ def main(argv=None):
         if cost:
             row += f" {cost['speed'][m]['ratio_to_joint'] / base:.3f} | {cost['peak_tensor_mb'].get(m, float('nan')):.1f} |"
         lines.append(row)
-    note = (f"config {osp.relpath(args.config, REPO)}, "
-            f"{args.max_iters or 'config'} iterations, same seed; scores: last validation")
+    note = (f"config {osp.relpath(args.config, REPO)}, {args.max_iters or 'config'} iterations, same seed, "
+            f"{args.threads or 'default'} thread(s) per run; scores: last validation")
     text = '\n'.join(lines) + f'\n\n({note})\n'
     with open(osp.join(args.out, 'methods.md'), 'w') as f:
         f.write(text)

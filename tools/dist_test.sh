@@ -2,6 +2,7 @@
 # Multi-GPU / multi-node testing with torchrun (mmdet's variables):
 #   tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args]
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 PORT=29500 tools/dist_test.sh CONFIG CKPT 8
+#   (no GPU: GPUS processes on the CPU with the gloo backend; tools/test.py picks it)
 set -euo pipefail
 CONFIG=$1
 CHECKPOINT=$2

@@ -2,6 +2,7 @@
 # Multi-GPU / multi-node training with torchrun (mmdet's variables):
 #   tools/dist_train.sh CONFIG GPUS [train.py args]
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 PORT=29500 tools/dist_train.sh CONFIG 8
+#   (no GPU: GPUS processes on the CPU with the gloo backend; tools/train.py picks it)
 set -euo pipefail
 CONFIG=$1
 GPUS=$2

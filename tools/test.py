@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from projects.allinone.utils.cli import add_common_args, load_config  # noqa: E402
+from projects.allinone.utils.cli import add_common_args, load_config, setup_distributed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -63,6 +63,7 @@ def main(argv=None):
         use_unlabeled_images(cfg, task, folder, lists.get(task))
     if images and not submit:
         print('note: --images without --submit predicts without writing anything', file=sys.stderr)
+    setup_distributed(cfg)  # --launcher pytorch (tools/dist_test.sh): gloo on CPU, nccl on GPU
     check_data(cfg, 'test')
     cfg.load_from = checkpoint
     if args.submit:

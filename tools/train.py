@@ -3,14 +3,19 @@
 
     python tools/train.py configs/allinone_demo.py [--work-dir DIR] [--amp] [--resume [CKPT]]
         [--cfg-options k=v ...] [--launcher pytorch]
+
+Several processes (GPUs, or CPU processes with gloo): ``tools/dist_train.sh CONFIG N [args]``.
 """
 import argparse
+import os
 import os.path as osp
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import record  # the error in torchrun's summary
+
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from projects.allinone.utils.cli import add_common_args, load_config  # noqa: E402
+from projects.allinone.utils.cli import add_common_args, load_config, setup_distributed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -22,6 +27,34 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def _say(msg: str) -> None:
+    """A message before the Runner's logger exists, once per job (rank 0)."""
+    if os.environ.get('RANK', '0') == '0':
+        print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_resume(resume: str, work_dir: str):
+    """``--resume``: the checkpoint to load, passing over broken ones (see find_resume_checkpoint)."""
+    from projects.allinone.engine.checkpoint import checkpoint_problem, find_resume_checkpoint
+    if resume != 'auto':
+        problem = checkpoint_problem(resume)
+        if problem:
+            raise SystemExit(f'--resume {resume}: cannot resume from this checkpoint: {problem}. Name an '
+                             'earlier one, or give --resume without a path to take the newest whole '
+                             'checkpoint of the work dir.')
+        return resume
+    path, broken = find_resume_checkpoint(work_dir)
+    for bad, problem in broken:
+        _say(f'WARNING: --resume: skipping checkpoint {bad}: {problem}')
+    if broken and path is not None:
+        _say(f'--resume: resuming from the previous whole checkpoint {path}')
+    elif broken:
+        raise SystemExit(f'--resume: no whole checkpoint in {work_dir} (broken: '
+                         f"{', '.join(b for b, _ in broken)}); start without --resume")
+    return path
+
+
+@record
 def main(argv=None):
     args = parse_args(argv)
     resume = osp.abspath(args.resume) if args.resume not in (None, 'auto') else args.resume
@@ -32,18 +65,17 @@ def main(argv=None):
     import projects.allinone  # noqa: F401  (registers the project's modules)
     from projects.allinone.utils import check_data
 
-    if args.launcher != 'none' and cfg.get('model_wrapper_cfg') is None:
-        # mmengine's MMDistributedDataParallel.train_step skips the model's per-task train_step
-        raise SystemExit('distributed training needs a DDP wrapper that runs AllInOneModel.train_step task '
-                         'by task (set model_wrapper_cfg); the default one does not, and this version '
-                         'ships none yet (issue #5). Train with --launcher none.')
+    setup_distributed(cfg)  # per-task DDP wrapper, gloo on CPU / nccl on GPU
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     check_data(cfg, 'train')
-    if resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif resume:
-        cfg.resume, cfg.load_from = True, resume
+    keep = (cfg.get('default_hooks') or {}).get('checkpoint', {}).get('max_keep_ckpts', -1)
+    if keep == 1:
+        _say('WARNING: default_hooks.checkpoint.max_keep_ckpts=1: mmengine deletes the previous checkpoint '
+             'before writing the next, so a run killed while writing leaves nothing whole to resume from; '
+             'keep at least 2')
+    if resume:
+        cfg.resume, cfg.load_from = True, resolve_resume(resume, cfg.work_dir)
     runner = Runner.from_cfg(cfg)
     runner.train()
 

@@ -6,12 +6,22 @@ custom_imports = dict(imports=['projects.allinone'], allow_failed_imports=False)
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    # tools/train.py and test.py switch nccl to gloo on a machine without GPUs
     dist_cfg=dict(backend='nccl'))
+
+# Data parallel (tools/dist_train.sh, --launcher pytorch; ignored in one process): each task's
+# gradients are averaged over the ranks before the per-task aggregation, as one process with the
+# global batch would see them. mode='approximate' averages only the per-task norms, then the
+# combined gradient once (README: Distributed training). BatchNorm statistics stay per rank unless
+# the model uses SyncBN.
+model_wrapper_cfg = dict(type='MultiTaskDistributedDataParallel', mode='exact')
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
+    # max_keep_ckpts >= 2: mmengine deletes the oldest checkpoint *before* writing the next, so a
+    # run killed mid-write still has a whole one for --resume
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'))
 

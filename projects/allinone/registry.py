@@ -5,9 +5,12 @@ mmdet's registries, so an mmdet user's configs, tools and habits carry over. Par
 libraries are named with ``_scope_='mmseg'`` / ``_scope_='mmpretrain'`` in the config, which makes
 mmengine build them (and everything nested in them) from that library's registry.
 """
-from mmdet.registry import (DATASETS, HOOKS, LOOPS, METRICS, MODEL_WRAPPERS, MODELS, OPTIM_WRAPPERS,
-                            TRANSFORMS)
-from mmengine.registry import Registry
+from mmdet.registry import DATASETS, HOOKS, LOOPS, METRICS, MODELS, OPTIM_WRAPPERS, TRANSFORMS
+from mmengine.registry import MODEL_WRAPPERS, Registry
+
+# MODEL_WRAPPERS is mmengine's root registry, not mmdet's child: ``Runner.wrap_model`` looks the
+# configured wrapper up with ``MODEL_WRAPPERS.get(type)`` on the root, which does not search scoped
+# children, so a wrapper registered under mmdet would not be found.
 
 #: Gradient aggregation methods (see ``projects/allinone/engine/aggregators``).
 AGGREGATORS = Registry('gradient aggregator', scope='allinone',

@@ -2,7 +2,9 @@ from .aggregators import *  # noqa: F401,F403
 from .checkpoint import register_checkpoint_safe_globals
 from .hooks import RandomStateHook
 from .loops import MultiTaskTestLoop, MultiTaskTrainLoop, MultiTaskValLoop
+from .model_wrappers import MultiTaskDistributedDataParallel
 from .optim_wrappers import MultiTaskAmpOptimWrapper, MultiTaskOptimWrapper
 
-__all__ = ['MultiTaskAmpOptimWrapper', 'MultiTaskOptimWrapper', 'MultiTaskTestLoop', 'MultiTaskTrainLoop',
-           'MultiTaskValLoop', 'RandomStateHook', 'register_checkpoint_safe_globals']
+__all__ = ['MultiTaskAmpOptimWrapper', 'MultiTaskDistributedDataParallel', 'MultiTaskOptimWrapper',
+           'MultiTaskTestLoop', 'MultiTaskTrainLoop', 'MultiTaskValLoop', 'RandomStateHook',
+           'register_checkpoint_safe_globals']

@@ -226,6 +226,8 @@ class _MultiTaskEvalLoop(BaseLoop):
                 metrics[f'{task}/{k}'] = v
         if self.leaderboard is not None:
             metrics.update(self.leaderboard.score(metrics))
+        if self._builder is not None:  # data parallel: every rank's predictions, each image once
+            self._builder.gather({t: len(l.dataset) for t, l in self.dataloaders.items()})
         if runner.rank == 0:
             if self.leaderboard is not None:
                 self.leaderboard.report(metrics, runner.work_dir, step=getattr(runner, 'iter', 0), mode=self.mode)

@@ -54,26 +54,53 @@ class SubmissionBuilder:
     def __init__(self, keys: Optional[Dict[str, str]] = None):
         self.keys = dict(keys or {})
         self.content: Dict[str, object] = OrderedDict()
+        # task -> one entry per sample, in loader order: what `gather` sends between ranks
+        self._entries: Dict[str, list] = OrderedDict()
 
     def add(self, task: str, samples, dataset=None) -> None:
         key = self.keys.get(task, task)
         for s in samples:
             name = osp.basename(_get(s, 'img_path') or '')
             if _get(s, 'pred_instances') is not None:
-                self._add_det(key, s, dataset)
+                entry = ('list', key, self._add_det(key, s, dataset))
             elif _get(s, 'pred_sem_seg') is not None:
                 seg = _get(s, 'pred_sem_seg')
                 data = seg.data if hasattr(seg, 'data') else seg['data']
                 m = np.asarray(data.cpu() if hasattr(data, 'cpu') else data)[0]
-                self.content.setdefault(key, OrderedDict())[name] = {
-                    str(int(c)): mask_to_polygons(m == c) for c in np.unique(m) if c != 255}
+                value = {str(int(c)): mask_to_polygons(m == c) for c in np.unique(m) if c != 255}
+                self.content.setdefault(key, OrderedDict())[name] = value
+                entry = ('map', key, name, value)
             elif _get(s, 'pred_label') is not None:
                 label = _get(s, 'pred_label')
-                self.content.setdefault(key, OrderedDict())[name] = int(np.asarray(
-                    label.cpu() if hasattr(label, 'cpu') else label).reshape(-1)[0])
+                value = int(np.asarray(label.cpu() if hasattr(label, 'cpu') else label).reshape(-1)[0])
+                self.content.setdefault(key, OrderedDict())[name] = value
+                entry = ('map', key, name, value)
             else:
                 raise TypeError(f'task {task!r}: cannot export a prediction without pred_instances, '
                                 'pred_sem_seg or pred_label')
+            self._entries.setdefault(task, []).append(entry)
+
+    def gather(self, sizes: Dict[str, int]) -> None:
+        """Data-parallel test: rank 0's content becomes the predictions of all ranks, each sample once.
+
+        Every rank calls it with ``{task: len(dataset)}`` in the same order. As mmengine's metrics
+        do, the per-sample entries are interleaved back into dataset order (``DefaultSampler`` gives
+        rank r the samples r, r + R, ...) and cut at the dataset size, which drops the samples the
+        sampler repeats to make the ranks' shares equal. A no-op in one process.
+        """
+        from mmengine.dist import collect_results, get_world_size
+        if get_world_size() == 1:
+            return
+        content: Dict[str, object] = OrderedDict()
+        for task, size in sizes.items():
+            # device='gpu' is mmengine's all_gather_object path (CPU tensors under gloo): unlike
+            # 'cpu' it needs no directory shared by the nodes
+            for entry in collect_results(self._entries.get(task, []), size, device='gpu') or []:
+                if entry[0] == 'list':
+                    content.setdefault(entry[1], []).extend(entry[2])
+                else:
+                    content.setdefault(entry[1], OrderedDict())[entry[2]] = entry[3]
+        self.content = content
 
     def _add_det(self, key, s, dataset):
         cat_ids = getattr(dataset, 'cat_ids', None)
@@ -81,13 +108,15 @@ class SubmissionBuilder:
         get = (lambda k: pred[k]) if isinstance(pred, dict) else (lambda k: getattr(pred, k))
         boxes, scores, labels = (np.asarray(get(k).cpu() if hasattr(get(k), 'cpu') else get(k))
                                  for k in ('bboxes', 'scores', 'labels'))
-        out = self.content.setdefault(key, [])
+        out, added = self.content.setdefault(key, []), []
         for b, sc, lb in zip(boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)):
-            out.append(dict(image_id=int(_get(s, 'img_id')),
+            added.append(dict(image_id=int(_get(s, 'img_id')),
                             category_id=int(cat_ids[int(lb)]) if cat_ids else int(lb) + 1,
                             bbox=[round(float(b[0]), 2), round(float(b[1]), 2),
                                   round(float(b[2] - b[0]), 2), round(float(b[3] - b[1]), 2)],
                             score=round(float(sc), 5)))
+        out.extend(added)
+        return added
 
     def dump(self, path: str) -> None:
         os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)

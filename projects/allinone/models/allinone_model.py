@@ -10,6 +10,10 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
 from ..registry import MODELS
+from .gradsplit import build_grad_split
+from .recon import (convert_layers, resolve_recon_layers, sync_task_copies, task_copy_parameter_ids,
+                    task_copy_parameters)
+from .routing import TaskContext
 
 PASS_THROUGH = 'SharedFeatures'
 
@@ -39,6 +43,8 @@ class AllInOneModel(BaseModel):
             outputs, and its parameters count as shared, so the gradient methods act on backbone +
             neck. A neck inside a task's config stays that task's own. This is how a user chooses
             what is shared: backbone only (necks in the tasks) or backbone + shared neck.
+        grad_split: GradSplit in the shared layers (``models/gradsplit.py``; default: none).
+        recon: Recon per-task copies of shared layers (``models/recon.py``; default: none).
     """
 
     def __init__(self,
@@ -46,6 +52,8 @@ class AllInOneModel(BaseModel):
                  tasks: Dict[str, dict],
                  task_loss_weights: Optional[Dict[str, float]] = None,
                  neck: Optional[dict] = None,
+                 grad_split: Optional[dict] = None,
+                 recon: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg=None):
         # the top-level preprocessor only moves data to the device; each task normalises its own
@@ -68,6 +76,11 @@ class AllInOneModel(BaseModel):
             raise KeyError(f'model.task_loss_weights names unknown task(s) {sorted(unknown)}; '
                            f'tasks are {list(self.tasks)}')
         self.task_loss_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        # which task's forward runs: read by Recon's per-task layers and GradSplit's hooks
+        self._task_context = TaskContext()
+        self.recon_layers = [] if recon is None or recon is False else convert_layers(
+            self, resolve_recon_layers(recon, len(self.tasks)), self.task_names, self._task_context)
+        self.grad_split = build_grad_split(grad_split, self, self.task_names, self._task_context)
 
     @staticmethod
     def _build_task(name: str, cfg: dict) -> BaseModel:
@@ -98,19 +111,21 @@ class AllInOneModel(BaseModel):
 
     def shared_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
         """Trainable parameters every task's loss reaches (the backbone and the shared neck, if any)."""
+        per_task = task_copy_parameter_ids(self)  # Recon's copies belong to their task
         for n, p in self.backbone.named_parameters(prefix='backbone'):
-            if p.requires_grad:
+            if p.requires_grad and id(p) not in per_task:
                 yield n, p
         if self.neck is not None:
             for n, p in self.neck.named_parameters(prefix='neck'):
-                if p.requires_grad:
+                if p.requires_grad and id(p) not in per_task:
                     yield n, p
 
     def task_parameters(self, task: str) -> Iterator[Tuple[str, nn.Parameter]]:
-        """Trainable parameters only ``task``'s loss reaches (its necks, heads)."""
+        """Trainable parameters only ``task``'s loss reaches (its necks, heads, Recon copies)."""
         for n, p in self.tasks[task].named_parameters(prefix=f'tasks.{task}'):
             if p.requires_grad:
                 yield n, p
+        yield from task_copy_parameters(self, task)
 
     def parameter_partition(self) -> Dict[str, List[nn.Parameter]]:
         """``{'shared': [...], task: [...]}`` for the per-task gradient optim wrapper."""
@@ -118,6 +133,10 @@ class AllInOneModel(BaseModel):
         for t in self.tasks:
             part[t] = [p for _, p in self.task_parameters(t)]
         return part
+
+    def init_weights(self):
+        super().init_weights()
+        sync_task_copies(self)  # Recon: every task's copy starts from the same initial weights
 
     # ------------------------------------------------------------------ forward
     def _check_task(self, task: str) -> BaseModel:
@@ -137,7 +156,8 @@ class AllInOneModel(BaseModel):
         """Preprocess ``batch`` with the task's own preprocessor and return its weighted loss."""
         model = self._check_task(task)
         batch = model.data_preprocessor(batch, True)
-        feats = self.extract_feat(batch['inputs'])
+        with self._task_context.running(task, train=True):
+            feats = self.extract_feat(batch['inputs'])
         losses = model.loss(feats, batch['data_samples'])
         loss, log_vars = self.parse_losses(losses)
         weight = self.task_loss_weights[task]
@@ -157,6 +177,11 @@ class AllInOneModel(BaseModel):
         total = 0.
         with optim_wrapper.optim_context(self):
             for task, batch in data.items():
+                if batch is None and per_task:
+                    # data parallel (MultiTaskDistributedDataParallel): another rank has a batch of
+                    # this task, this one has not; it joins the task's collectives with no gradient
+                    optim_wrapper.backward_task(task, None)
+                    continue
                 loss, task_logs = self.task_loss(task, batch)
                 log_vars.update(task_logs)
                 if per_task:
@@ -176,7 +201,8 @@ class AllInOneModel(BaseModel):
         (task, batch), = data.items()
         model = self._check_task(task)
         batch = model.data_preprocessor(batch, False)
-        feats = self.extract_feat(batch['inputs'])
+        with self._task_context.running(task):
+            feats = self.extract_feat(batch['inputs'])
         return model.predict(feats, batch['data_samples'])
 
     def val_step(self, data: Dict[str, dict]) -> list:
@@ -194,7 +220,8 @@ class AllInOneModel(BaseModel):
 
         ``task=None`` with ``mode='tensor'`` returns the shared backbone features.
         """
-        feats = self.extract_feat(inputs)
+        with self._task_context.running(task, train=mode == 'loss'):
+            feats = self.extract_feat(inputs)
         if task is None:
             if mode != 'tensor':
                 raise ValueError(f'mode={mode!r} needs a task (one of {self.task_names})')

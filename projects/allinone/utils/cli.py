@@ -45,9 +45,102 @@ def load_config(args) -> Config:
 
 
 def enable_amp(cfg: Config) -> None:
+    """``--amp``: fp16 autocast with dynamic loss scaling on a GPU, bf16 without scaling on CPU.
+
+    bf16 has fp32's exponent range, so gradients do not underflow and a loss scale buys nothing; CPU
+    autocast has no fp16 kernels worth using. A wrapper the config already makes AMP is kept.
+    """
+    import torch
     wrapper = cfg.optim_wrapper
     kind = wrapper.get('type', 'OptimWrapper')
     if kind in ('MultiTaskAmpOptimWrapper', 'AmpOptimWrapper'):
         return
-    wrapper.type = 'MultiTaskAmpOptimWrapper' if kind == 'MultiTaskOptimWrapper' else 'AmpOptimWrapper'
-    wrapper.setdefault('loss_scale', 'dynamic')
+    if kind != 'MultiTaskOptimWrapper':  # mmengine's own AmpOptimWrapper (GPU only)
+        wrapper.type = 'AmpOptimWrapper'
+        wrapper.setdefault('loss_scale', 'dynamic')
+        return
+    wrapper.type = 'MultiTaskAmpOptimWrapper'
+    if torch.cuda.is_available():
+        wrapper.setdefault('dtype', 'float16')
+        wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        wrapper.setdefault('dtype', 'bfloat16')
+        wrapper.setdefault('loss_scale', dict(enabled=False))
+
+
+DDP_WRAPPER = 'MultiTaskDistributedDataParallel'
+
+
+def setup_distributed(cfg: Config) -> None:
+    """Under a launcher: the per-task DDP wrapper, the backend by device, the process group on CPU.
+
+    * ``model_wrapper_cfg`` defaults to :class:`MultiTaskDistributedDataParallel` (exact mode); a
+      config asking for mmengine's ``MMDistributedDataParallel`` with a per-task optim wrapper is
+      refused: that wrapper sums the task losses and never runs the model's per-task step.
+    * ``env_cfg.dist_cfg.backend``: ``nccl`` with GPUs, ``gloo`` without (a config's ``nccl``
+      is switched to ``gloo`` on a CPU-only machine).
+    * On CPU the process group is started here: mmengine's ``init_dist`` calls
+      ``torch.cuda.set_device`` whatever the backend, which fails without a GPU. The Runner then
+      finds it initialised and uses it.
+    """
+    if cfg.get('launcher', 'none') == 'none':
+        return
+    import torch
+    wrapper = cfg.get('model_wrapper_cfg')
+    optim_type = str((cfg.get('optim_wrapper') or {}).get('type', ''))
+    per_task = 'MultiTask' in optim_type
+    if wrapper is None:
+        cfg.model_wrapper_cfg = dict(type=DDP_WRAPPER, mode='exact')
+    elif per_task and wrapper.get('type', 'MMDistributedDataParallel') in (
+            'MMDistributedDataParallel', 'DistributedDataParallel'):
+        raise SystemExit(f"model_wrapper_cfg={dict(wrapper)} cannot train with {optim_type}: "
+                         "mmengine's DDP wrappers sum the task losses and skip AllInOneModel.train_step. Use "
+                         f"model_wrapper_cfg=dict(type='{DDP_WRAPPER}', mode='exact' or 'approximate').")
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    cuda = torch.cuda.is_available()
+    if not cuda and dist_cfg.get('backend', 'nccl') == 'nccl':
+        dist_cfg['backend'] = 'gloo'
+    dist_cfg.setdefault('backend', 'nccl' if cuda else 'gloo')
+    if cfg.launcher != 'pytorch':
+        return
+    exit_with_launcher()
+    if cuda:
+        return
+    import datetime
+
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        kwargs = {k: v for k, v in dist_cfg.items() if k != 'backend'}
+        if 'timeout' in kwargs:
+            kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
+        dist.init_process_group(backend=dist_cfg['backend'], **kwargs)
+
+
+def exit_with_launcher(poll_s: float = 1.0) -> None:
+    """Under torchrun, end this worker when its launcher is gone.
+
+    torchrun starts each worker in a session of its own, so ``kill -9`` of torchrun (or of its
+    process group) leaves the workers running on: still training, still writing checkpoints into
+    the work dir a restarted job resumes from. A daemon thread notices the worker was re-parented
+    and exits the process.
+    """
+    import sys
+    import threading
+    import time
+    if 'TORCHELASTIC_RUN_ID' not in os.environ:
+        return
+    parent = os.getppid()
+    if parent <= 1:
+        return
+
+    def watch():
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                sys.stderr.write(f"rank {os.environ.get('RANK', '?')}: launcher (pid {parent}) is gone; "
+                                 'exiting\n')
+                sys.stderr.flush()
+                os._exit(1)
+
+    threading.Thread(target=watch, name='exit-with-launcher', daemon=True).start()

@@ -1,3 +1,6 @@
+from .gradsplit_affinity_hook import GradSplitAffinityHook
 from .random_state_hook import RandomStateHook, preserved_rng
+from .recon_search_hook import GradConflictRecorder, ReconSearchHook
 
-__all__ = ['RandomStateHook', 'preserved_rng']
+__all__ = ['GradConflictRecorder', 'GradSplitAffinityHook', 'RandomStateHook', 'ReconSearchHook',
+           'preserved_rng']

@@ -54,6 +54,11 @@ class MultiTaskOptimWrapper(OptimWrapper):
     With ``accumulative_counts=k`` each micro-step is aggregated on its own and the update is the
     mean of the k aggregated gradients.
 
+    Data parallel: ``MultiTaskDistributedDataParallel`` attaches a ``TaskGradSync`` as
+    ``grad_sync``, which the hooks ``_after_task_backward`` (exact mode: average each task's
+    gradients over the ranks before they are measured), ``_sync_task_stats`` (approximate mode:
+    average the norms) and ``_before_step`` (approximate mode: average the combined gradient) call.
+
     Args:
         optimizer: the optimizer.
         aggregator: config or instance of a :class:`GradAggregator` (default ``SumAggregator``).
@@ -80,6 +85,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self._shared: Optional[List[nn.Parameter]] = None
         self._own: Dict[str, List[nn.Parameter]] = {}
         self.skipped = Counter()          # task -> number of non-finite steps skipped
+        self.grad_sync = None             # set by MultiTaskDistributedDataParallel (TaskGradSync)
         self.last_stats: Dict[str, float] = {}
         self._contributed = False         # any finite task gradient since the last step
         self._reset_pass()
@@ -131,11 +137,19 @@ class MultiTaskOptimWrapper(OptimWrapper):
         """Matrix path for this update: non-streaming aggregators, or a stats update."""
         if not self.streaming:
             return True
+        if self.grad_sync is not None and not self.grad_sync.exact:
+            return False  # approximate data parallel: the rows would be rank-local gradients
         n = self._inner_count // self._accumulative_counts
         return self.stats_interval > 0 and n % self.stats_interval == 0
 
-    def backward_task(self, task: str, loss: Tensor) -> None:
-        """Backward of one task's loss; keeps its shared gradient apart from the other tasks'."""
+    def backward_task(self, task: str, loss: Optional[Tensor]) -> None:
+        """Backward of one task's loss; keeps its shared gradient apart from the other tasks'.
+
+        ``loss=None`` (data-parallel only): this rank has no batch of ``task`` this step but another
+        rank has; it takes part in the task's collectives with a zero gradient.
+        """
+        if loss is None and self.grad_sync is None:
+            raise ValueError(f'task {task!r}: loss=None is only meaningful under a data-parallel wrapper')
         if not self.is_bound:
             raise RuntimeError('MultiTaskOptimWrapper.bind(model.parameter_partition()) must be called '
                                'before backward_task')
@@ -149,14 +163,17 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self._own_stash[task] = [p.grad for p in own]
         for p in shared + own:
             p.grad = None
-        self._backward(loss)
+        if loss is not None:
+            self._backward(loss)
         self._tasks_seen.append(task)
+        loss_value = self._after_task_backward(task, shared, own, 0.0 if loss is None else float(loss.detach()))
 
         inv = 1.0 / self._grad_scale()
         g_shared = [p.grad for p in shared]
         g_own = [p.grad for p in own]
         norm, head_norm = _total_norm(g_shared) * inv, _total_norm(g_own) * inv
-        loss_value = float(loss.detach())
+        norm, head_norm, loss_value = self._sync_task_stats(task, norm, head_norm, loss_value)
+        local = self._local_weight(task)
         for p in shared:  # the shared .grad is rebuilt in update_tasks
             p.grad = None
         if not (math.isfinite(norm) and math.isfinite(head_norm)):
@@ -170,7 +187,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
                 p.grad = g
             return
         if self._matrix_pass():
-            flat = [(g * inv).reshape(-1) if g is not None else p.new_zeros(p.numel())
+            flat = [(g * (inv * local)).reshape(-1) if g is not None else p.new_zeros(p.numel())
                     for p, g in zip(shared, g_shared)]
             self._rows.append(torch.cat(flat) if flat else torch.zeros(0))
             factor = float('nan')
@@ -178,8 +195,33 @@ class MultiTaskOptimWrapper(OptimWrapper):
             factor = self.aggregator.task_factor(norm, head_norm, loss_value, task)
             if self._acc is None:
                 self._acc = [None] * len(shared)
-            _add_scaled(self._acc, g_shared, factor)
+            _add_scaled(self._acc, g_shared, factor * local)
         self._stats[task] = (loss_value, norm, head_norm, factor)
+
+    # ---------------------------------------------------------------- data-parallel hooks
+    # No-ops in one process; MultiTaskDistributedDataParallel attaches a TaskGradSync (grad_sync).
+    def _after_task_backward(self, task: str, shared: List[nn.Parameter], own: List[nn.Parameter],
+                             loss_value: float) -> float:
+        """Right after ``task``'s backward, while ``.grad`` of ``shared`` + ``own`` holds only that
+        task's gradient (in the loss-scaled space under AMP). Returns the loss value to use."""
+        if self.grad_sync is None:
+            return loss_value
+        return self.grad_sync.after_task_backward(task, shared, own, loss_value)
+
+    def _sync_task_stats(self, task: str, norm: float, head_norm: float, loss_value: float):
+        """The (unscaled) norms and loss the aggregator sees, before the non-finite check."""
+        if self.grad_sync is None:
+            return norm, head_norm, loss_value
+        return self.grad_sync.task_stats(task, norm, head_norm, loss_value)
+
+    def _local_weight(self, task: str) -> float:
+        """Factor on this rank's local gradient of ``task`` before it enters the sum."""
+        return 1.0 if self.grad_sync is None else self.grad_sync.local_weight(task)
+
+    def _before_step(self) -> None:
+        """Before the optimizer step (and before AMP's unscale / the global clip)."""
+        if self.grad_sync is not None:
+            self.grad_sync.before_step(self._shared + [p for ps in self._own.values() for p in ps])
 
     def _on_nonfinite(self, task: str) -> None:
         """Hook for the AMP variant (remembers the overflow)."""
@@ -243,7 +285,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
                 for p, total in zip(self._own[t], self._own_stash.pop(t)):
                     g = p.grad
                     if g is not None:
-                        g.mul_(hs / k)
+                        g.mul_(hs / k * self._local_weight(t))
                     p.grad = g if total is None else (total if g is None else total.add_(g))
             self._log(tasks, weights, norms, losses, cos)
         else:
@@ -252,6 +294,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self._reset_pass()
         if self.should_update():
             if self._contributed:
+                self._before_step()
                 self.step()
             else:
                 print_log('every task gradient was non-finite since the last update: optimizer step '

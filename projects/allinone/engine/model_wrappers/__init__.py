@@ -1,0 +1,3 @@
+from .multitask_ddp import MultiTaskDistributedDataParallel, TaskGradSync
+
+__all__ = ['MultiTaskDistributedDataParallel', 'TaskGradSync']

@@ -1,0 +1,290 @@
+"""GradSplit (Deng et al., WACV 2023): each task trains only its own channel groups of chosen modules.
+
+At every chosen module the output channels are split into T groups, group u belonging to task u
+(the model's task order). The relation matrix ``R`` (T x T; ``R[t, u] = 1``: task t may train
+group u) decides which groups a task's gradient reaches. During task t's training forward the
+module's output ``y`` is replaced by ``torch.where(m_t, y, y.detach())`` (``m_t``: the channels of
+the groups task t may train): the forward values are exactly ``y`` (bit for bit), and the
+backward gives the channels outside ``m_t`` a zero gradient. So the filters producing a channel of
+group u (their weights, biases, and for a ResNet stage the last conv / norm of each block feeding
+that channel) receive only the gradients of the tasks with ``R[t, u] = 1``; layers *before* the
+module still receive every task's gradient, but task t's reaches them only through its own groups.
+Nothing else changes: no parameters, no state-dict keys, and inference (``val_step``,
+``test_step``, ``forward``, anything under ``torch.no_grad``) runs the plain network. Because the
+routing happens inside each task's own backward, it composes with every gradient aggregator.
+
+Config (``model.grad_split``)::
+
+    grad_split=dict(
+        modules=None,      # default: the last stage of a ResNet ('backbone.layer4'), or the MLP
+                           # hidden units of the last quarter of a ViT's blocks; names of the model
+                           # ('backbone.layer4.1') or of the backbone ('layer4.1'); a name ending
+                           # in ':input' routes the module's input instead (e.g. the attention heads
+                           # before 'backbone.layers.11.attn.proj:input')
+        relation=None,     # None: identity; a T x T 0/1 list in task order; {task: [tasks whose
+                           # groups it may train]}; a JSON file path ({"tasks": [...],
+                           # "relation": [[...]]}); or 'affinity': estimated during a warm-up by
+                           # GradSplitAffinityHook (custom_hooks), which writes such a file
+        groups=None,       # None: equal groups; or T positive proportions, in task order
+        channel_dim=None)  # None: dim 1 of 4-d/5-d feature maps, the last dim otherwise (tokens)
+"""
+import json
+import os.path as osp
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import MODELS
+from .routing import TaskContext
+
+
+def _resolve_module(model: nn.Module, name: str) -> Tuple[str, nn.Module]:
+    modules = dict(model.named_modules())
+    for candidate in (name, f'backbone.{name}'):
+        if candidate in modules and candidate:
+            return candidate, modules[candidate]
+    raise KeyError(f'grad_split.modules: no module {name!r} in the model (names are of the model, '
+                   f'e.g. "backbone.layer4", or of the backbone, e.g. "layer4")')
+
+
+def default_split_modules(backbone: nn.Module) -> List[str]:
+    """The last stage of a ResNet; the MLP hidden units of the last quarter of a ViT's blocks."""
+    res_layers = getattr(backbone, 'res_layers', None)
+    if res_layers:
+        return [f'backbone.{res_layers[-1]}']
+    layers = getattr(backbone, 'layers', None)
+    if isinstance(layers, nn.ModuleList) and len(layers) and hasattr(layers[0], 'ffn'):
+        n = len(layers)
+        out = []
+        for i in range(n - max(1, n // 4), n):
+            ffn = layers[i].ffn
+            hidden = getattr(ffn, 'layers', None)
+            if hidden is None or not len(hidden):
+                break
+            out.append(f'backbone.layers.{i}.ffn.layers.0')
+        if out:
+            return out
+    raise ValueError(f'grad_split.modules: no default for a {type(backbone).__name__} backbone; name the '
+                     'modules to split, e.g. grad_split=dict(modules=["backbone.<stage>"])')
+
+
+def load_relation(relation: Union[None, str, Sequence, Dict], tasks: Sequence[str]) -> Tensor:
+    """The T x T bool relation matrix in the order of ``tasks`` (``R[t, u]``: t may train group u)."""
+    tasks = list(tasks)
+    T = len(tasks)
+    if relation is None:
+        return torch.eye(T, dtype=torch.bool)
+    source = 'grad_split.relation'
+    if isinstance(relation, str):
+        if relation == 'affinity':
+            raise ValueError("relation='affinity' is estimated during training by GradSplitAffinityHook; "
+                             'load_relation takes the matrix or the file the hook wrote')
+        if not osp.isfile(relation):
+            raise FileNotFoundError(f'grad_split.relation: no file {relation!r}')
+        with open(relation) as f:
+            data = json.load(f)
+        source = relation
+        if isinstance(data, dict):
+            order = data.get('tasks')
+            matrix = data.get('relation')
+            if matrix is None:
+                raise KeyError(f'{relation}: needs a "relation" entry (T x T 0/1 list)')
+            if order is not None:
+                missing = [t for t in tasks if t not in order]
+                if missing:
+                    raise KeyError(f'{relation}: has no row for task(s) {missing}; it covers {order}')
+                idx = [order.index(t) for t in tasks]
+                matrix = [[matrix[i][j] for j in idx] for i in idx]
+            relation = matrix
+        else:
+            relation = data
+    if isinstance(relation, dict):
+        unknown = set(relation) | {u for us in relation.values() for u in us}
+        unknown -= set(tasks)
+        if unknown:
+            raise KeyError(f'{source}: unknown task(s) {sorted(unknown)}; tasks are {tasks}')
+        R = torch.eye(T, dtype=torch.bool)
+        for t, us in relation.items():
+            for u in us:
+                R[tasks.index(t), tasks.index(u)] = True
+        return R
+    R = torch.as_tensor(relation, dtype=torch.float64)
+    if R.shape != (T, T):
+        raise ValueError(f'{source}: expected a {T} x {T} matrix (tasks {tasks}), got shape {tuple(R.shape)}')
+    if not bool(((R == 0) | (R == 1)).all()):
+        raise ValueError(f'{source}: entries must be 0 or 1, got {R.tolist()}')
+    return R.bool()
+
+
+class _SplitHook:
+    """Forward hook (or pre-hook, for ``:input``) of one split module; a callable object rather than
+    a closure so that ``copy.deepcopy`` of the model re-points it at the copied :class:`GradSplit`."""
+
+    def __init__(self, split: 'GradSplit', name: str, on_input: bool):
+        self.split, self.name, self.on_input = split, name, on_input
+
+    def __call__(self, module, args, output=None):
+        ctx = self.split.context
+        if ctx is None or not ctx.train or ctx.task is None or not torch.is_grad_enabled():
+            return None
+        if self.on_input:
+            if not args:
+                return None
+            return (self.split.route(self.name, ctx.task, args[0]), ) + tuple(args[1:])
+        if isinstance(output, Tensor):
+            return self.split.route(self.name, ctx.task, output)
+        if isinstance(output, (tuple, list)):
+            return type(output)(self.split.route(self.name, ctx.task, o) if isinstance(o, Tensor) else o
+                                for o in output)
+        raise TypeError(f'grad_split: module {self.name} returned {type(output).__name__}; expected a '
+                        'tensor or a tuple/list of tensors')
+
+
+@MODELS.register_module()
+class GradSplit:
+    """Routes each task's backward to its channel groups at the chosen modules (module docstring).
+
+    Built by :class:`AllInOneModel` from ``model.grad_split`` and attached with :meth:`attach`.
+    """
+
+    def __init__(self,
+                 modules: Optional[Sequence[str]] = None,
+                 relation=None,
+                 groups: Optional[Sequence[float]] = None,
+                 channel_dim: Optional[int] = None):
+        if isinstance(modules, str):
+            modules = [modules]
+        self.module_names = None if modules is None else list(modules)
+        self.relation_cfg = relation
+        self.group_props = None if groups is None else [float(g) for g in groups]
+        self.channel_dim = channel_dim
+        self.context: Optional[TaskContext] = None
+        self.tasks: List[str] = []
+        self.relation: Optional[Tensor] = None
+        self.split_modules: Dict[str, nn.Module] = {}
+        self._handles = []
+        self._masks: Dict[tuple, Optional[Tensor]] = {}
+        # relation='affinity': every task trains every group until GradSplitAffinityHook sets R
+        self.awaiting_affinity = relation == 'affinity'
+        self.affinity_hook = None
+
+    def attach(self, model: nn.Module, tasks: Sequence[str], context: TaskContext) -> 'GradSplit':
+        """Resolve the modules and ``R`` for ``tasks`` and register the hooks on ``model``."""
+        self.tasks = list(tasks)
+        self.context = context
+        T = len(self.tasks)
+        if self.group_props is not None:
+            if len(self.group_props) != T or min(self.group_props) <= 0:
+                raise ValueError(f'grad_split.groups: {T} positive proportions expected (tasks {self.tasks}), '
+                                 f'got {self.group_props}')
+        if self.awaiting_affinity:
+            self.relation = torch.ones(T, T, dtype=torch.bool)
+        else:
+            self.relation = load_relation(self.relation_cfg, self.tasks)
+        names = self.module_names
+        if names is None:
+            names = default_split_modules(model.backbone)
+        for raw in names:
+            on_input = raw.endswith(':input')
+            name, module = _resolve_module(model, raw[:-len(':input')] if on_input else raw)
+            key = f'{name}:input' if on_input else name
+            if key in self.split_modules:
+                raise ValueError(f'grad_split.modules names {key} twice')
+            if name.split('.')[0] not in ('backbone', 'neck'):
+                raise ValueError(f'grad_split.modules: {name} is not in the shared backbone or neck')
+            hook = _SplitHook(self, key, on_input)
+            if on_input:
+                handle = module.register_forward_pre_hook(hook)
+            else:
+                handle = module.register_forward_hook(hook)
+            self._handles.append(handle)
+            self.split_modules[key] = module
+        return self
+
+    def remove(self) -> None:
+        """Take the hooks off (the model becomes the plain network for training too)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.split_modules = {}
+
+    def set_relation(self, relation) -> None:
+        """Replace ``R`` (a matrix, dict or file as in the config)."""
+        self.relation = load_relation(relation, self.tasks)
+        self._masks.clear()
+        self.awaiting_affinity = False
+
+    # ------------------------------------------------------------------ groups and masks
+    def group_bounds(self, channels: int) -> List[Tuple[int, int]]:
+        """``[(start, end), ...]``: the channel range of each task's group (task order)."""
+        T = len(self.tasks)
+        if channels < T:
+            raise ValueError(f'grad_split: {channels} channels cannot be split into {T} groups')
+        props = self.group_props or [1.0] * T
+        total = sum(props)
+        cuts, acc = [0], 0.0
+        for p in props:
+            acc += p
+            cuts.append(int(round(channels * acc / total)))
+        cuts[-1] = channels
+        bounds = list(zip(cuts[:-1], cuts[1:]))
+        if any(e <= s for s, e in bounds):
+            raise ValueError(f'grad_split: groups {self.group_props} leave an empty group of {channels} channels')
+        return bounds
+
+    def channel_mask(self, task: str, channels: int) -> Tensor:
+        """Bool vector of the ``channels`` task ``task`` may train."""
+        t = self.tasks.index(task)
+        mask = torch.zeros(channels, dtype=torch.bool)
+        for u, (s, e) in enumerate(self.group_bounds(channels)):
+            if self.relation[t, u]:
+                mask[s:e] = True
+        return mask
+
+    def _dim(self, y: Tensor) -> int:
+        if self.channel_dim is not None:
+            return self.channel_dim % y.dim()
+        return 1 if y.dim() in (4, 5) else y.dim() - 1
+
+    def route(self, name: str, task: str, y: Tensor) -> Tensor:
+        """``y`` with the backward of the channels ``task`` may not train cut (values unchanged)."""
+        if self.awaiting_affinity and self.affinity_hook is None:
+            raise RuntimeError("grad_split.relation='affinity' needs custom_hooks=[dict(type="
+                               "'GradSplitAffinityHook', warmup_iters=...)] to estimate R during a warm-up; "
+                               'or give relation as a matrix or the file such a run wrote')
+        if task not in self.tasks or not y.requires_grad:
+            return y
+        dim = self._dim(y)
+        key = (name, task, y.shape[dim], y.dim(), dim, y.device)
+        if key not in self._masks:
+            mask = self.channel_mask(task, y.shape[dim])
+            if bool(mask.all()):
+                self._masks[key] = None  # the task trains every channel: nothing to route
+            else:
+                shape = [1] * y.dim()
+                shape[dim] = y.shape[dim]
+                self._masks[key] = mask.view(shape).to(y.device)
+        mask = self._masks[key]
+        if mask is None:
+            return y
+        return torch.where(mask, y, y.detach())
+
+    def __repr__(self):
+        return (f'GradSplit(modules={list(self.split_modules) or self.module_names}, tasks={self.tasks}, '
+                f'relation={None if self.relation is None else self.relation.int().tolist()})')
+
+
+def build_grad_split(cfg, model: nn.Module, tasks: Sequence[str], context: TaskContext) -> Optional[GradSplit]:
+    """``model.grad_split`` -> an attached :class:`GradSplit` (``None``/``False``: no split)."""
+    if cfg is None or cfg is False:
+        return None
+    if cfg is True:
+        cfg = {}
+    if isinstance(cfg, GradSplit):
+        split = cfg
+    else:
+        cfg = dict(cfg)
+        cfg.setdefault('type', 'GradSplit')
+        split = MODELS.build(cfg)
+    return split.attach(model, tasks, context)
