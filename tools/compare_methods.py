@@ -7,7 +7,8 @@
 Each method (a name of ``METHOD_PRESETS``, a ``+`` chain such as ``tbgc+pcgrad``, or an aggregator
 class name) gets a child config of ``--config`` that changes only ``optim_wrapper.aggregator`` (and
 drops the global clip for TBGC, which replaces it); all runs share the seed, data and schedule.
-Runs already finished in ``--out`` are reused (delete a run's folder to redo it). Then the
+Runs already finished in ``--out`` (validated at their last iteration) are reused (delete a
+run's folder to redo it). Then the
 per-step cost of every method is measured on the demo model (``benchmarks/bench_methods.py``:
 interleaved steps, ratio to the vanilla step, profiler peak memory), and the tool writes
 ``--out/methods.md`` (per-task scores, leaderboard A, training time per iteration, step cost and
@@ -73,6 +74,15 @@ def train(method, args, run_dir):
     print(f'[{method}] done in {time.time() - t0:.0f} s', flush=True)
 
 
+def finished(run_dir, max_iters) -> bool:
+    """A run counts as done once it validated at its last iteration (not at an earlier round)."""
+    hist = osp.join(run_dir, 'leaderboard_history.json')
+    if not osp.exists(hist):
+        return False
+    with open(hist) as f:
+        return any(h.get('mode') == 'val' and h.get('iter') == max_iters for h in json.load(f))
+
+
 def read_run(run_dir):
     with open(osp.join(run_dir, 'leaderboard.json')) as f:
         board = json.load(f)
@@ -128,10 +138,12 @@ def main(argv=None):
     from projects.allinone.engine.aggregators import method_optim_overrides
     for m in args.methods:  # fail on a typo before hours of training
         method_optim_overrides(m)
+    from mmengine.config import Config
+    max_iters = args.max_iters or Config.fromfile(args.config).train_cfg.max_iters
     results = {}
     for m in args.methods:
         run_dir = osp.join(args.out, m.replace('+', '_'))
-        if not osp.exists(osp.join(run_dir, 'leaderboard.json')):
+        if not finished(run_dir, max_iters):
             train(m, args, run_dir)
         else:
             print(f'[{m}] reusing the finished run in {run_dir}')
@@ -142,7 +154,7 @@ def main(argv=None):
         from bench_methods import measure
         print(f'measuring the step cost of {len(args.methods)} methods ({args.bench_steps} interleaved steps)...',
               flush=True)
-        cost = measure([m for m in args.methods], args.data, steps=args.bench_steps)
+        cost = measure(list(args.methods), args.data, steps=args.bench_steps, threads=args.threads or 2)
         with open(osp.join(args.out, 'cost.json'), 'w') as f:
             json.dump(cost, f, indent=1)
 
