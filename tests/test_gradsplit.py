@@ -174,7 +174,7 @@ def test_with_a_matrix_aggregator_for_two_steps(registered, model_cfg, batches):
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
     model = build(model_cfg, grad_split=dict())
     wrapper = MultiTaskOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01),
-                                    aggregator=dict(type='PCGradAggregator'))
+                                    aggregator=dict(type='PCGradAggregator'), stats_interval=1)
     assert not wrapper.streaming
     conv = dict(model.named_parameters())[f'backbone.{SPLIT}.conv2.weight']
     before = conv.detach().clone()

@@ -272,9 +272,22 @@ def test_cosines_are_logged_on_stats_updates():
     model = TinyMTL()
     wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(), stats_interval=2)
     batch = batches()[0]
+    rows = []
+    for task, x in batch.items():  # the true cosine of the two tasks' shared gradients
+        model.zero_grad(set_to_none=True)
+        model.loss(task, x).backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.shared.parameters()]).double())
+    model.zero_grad(set_to_none=True)
+    expected = float(rows[0] @ rows[1] / (rows[0].norm() * rows[1].norm()))
     run_wrapper(model, wrapper, batch)  # update 0: a stats update
-    assert -1.0 <= wrapper.last_stats['cos.a-b'] <= 1.0
+    assert wrapper.last_stats['cos.a-b'] == pytest.approx(expected, abs=1e-5)
     run_wrapper(model, wrapper, batch)  # update 1: streaming, no cosine
+    assert 'cos.a-b' not in wrapper.last_stats
+    # a matrix-path method also logs them only on stats updates
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=dict(type='PCGradAggregator'), stats_interval=2)
+    run_wrapper(model, wrapper, batch)
+    assert 'cos.a-b' in wrapper.last_stats
+    run_wrapper(model, wrapper, batch)
     assert 'cos.a-b' not in wrapper.last_stats
     from mmengine.logging import MessageHub
     assert 'train/cos.a-b' in MessageHub.get_current_instance().log_scalars

@@ -121,6 +121,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self._tasks_seen: List[str] = []
         self._acc: Optional[List[Optional[Tensor]]] = None     # streaming: sum_t f_t g_t (scaled space)
         self._rows: List[Tensor] = []                           # matrix path: flat unscaled g_t
+        self._matrix: Optional[Tensor] = None                   # (T, n) storage of those rows
         self._shared_stash: Optional[List[Optional[Tensor]]] = None
         self._own_stash: Dict[str, List[Optional[Tensor]]] = {}
         self._stats = OrderedDict()                             # task -> (loss, norm, head_norm, factor)
@@ -133,14 +134,32 @@ class MultiTaskOptimWrapper(OptimWrapper):
         """Factor between ``.grad`` and the true gradient (the AMP loss scale; 1 in fp32)."""
         return 1.0
 
+    def _stats_due(self) -> bool:
+        """This update logs the pairwise cosines of the task gradients (every ``stats_interval``)."""
+        n = self._inner_count // self._accumulative_counts
+        return self.stats_interval > 0 and n % self.stats_interval == 0
+
     def _matrix_pass(self) -> bool:
         """Matrix path for this update: non-streaming aggregators, or a stats update."""
         if not self.streaming:
             return True
         if self.grad_sync is not None and not self.grad_sync.exact:
             return False  # approximate data parallel: the rows would be rank-local gradients
-        n = self._inner_count // self._accumulative_counts
-        return self.stats_interval > 0 and n % self.stats_interval == 0
+        return self._stats_due()
+
+    def _next_row(self, shared: List[nn.Parameter]) -> Tensor:
+        """The next task's row of the ``(T, n)`` gradient matrix, allocated once per micro-step.
+
+        Writing each task's flattened gradient straight into its row saves a concatenated copy per
+        task and the stack of the rows (measurable at T x backbone size on every step).
+        """
+        if self._matrix is None:
+            n = sum(p.numel() for p in shared)
+            ref = shared[0] if shared else None
+            dtype = torch.float64 if ref is not None and ref.dtype == torch.float64 else torch.float32
+            self._matrix = torch.empty((len(self._own), n), dtype=dtype,
+                                       device=ref.device if ref is not None else 'cpu')
+        return self._matrix[len(self._rows)]
 
     def backward_task(self, task: str, loss: Optional[Tensor]) -> None:
         """Backward of one task's loss; keeps its shared gradient apart from the other tasks'.
@@ -187,9 +206,13 @@ class MultiTaskOptimWrapper(OptimWrapper):
                 p.grad = g
             return
         if self._matrix_pass():
-            flat = [(g * (inv * local)).reshape(-1) if g is not None else p.new_zeros(p.numel())
-                    for p, g in zip(shared, g_shared)]
-            self._rows.append(torch.cat(flat) if flat else torch.zeros(0))
+            row = self._next_row(shared)
+            if shared:
+                torch.cat([g.reshape(-1).to(row.dtype) if g is not None else row.new_zeros(p.numel())
+                           for p, g in zip(shared, g_shared)], out=row)
+                if inv * local != 1.0:
+                    row.mul_(inv * local)
+            self._rows.append(row)
             factor = float('nan')
         else:
             factor = self.aggregator.task_factor(norm, head_norm, loss_value, task)
@@ -238,7 +261,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
             return self._accumulative_counts
         return self._remainder_counts
 
-    def _combine(self):
+    def _combine(self, cos_due: bool = False):
         """Aggregate this micro-step; returns (combined grads in .grad space, weights, head scales)."""
         tasks = list(self._stats)
         scale = self._grad_scale()
@@ -246,8 +269,8 @@ class MultiTaskOptimWrapper(OptimWrapper):
         losses, norms, head_norms = stats[:, 0], stats[:, 1], stats[:, 2]
         cos = None
         if self._rows:
-            G = torch.stack(self._rows)
-            self._rows = []
+            G = self._matrix[:len(self._rows)]
+            self._rows, self._matrix = [], None
             result = self.aggregator.aggregate(G, losses.to(G.dtype), head_norms.to(G.dtype), tasks)
             flat = result.grad * scale
             combined, offset = [], 0
@@ -255,9 +278,10 @@ class MultiTaskOptimWrapper(OptimWrapper):
                 combined.append(flat[offset:offset + p.numel()].view_as(p).to(p.dtype))
                 offset += p.numel()
             weights, head_scales = result.weights, result.head_scales
-            if len(tasks) > 1:
-                unit = G / torch.linalg.vector_norm(G, dim=1, keepdim=True).clamp_min(1e-12)
-                cos = unit @ unit.T
+            if len(tasks) > 1 and cos_due:  # from the Gram matrix: no normalised copy of G
+                K = (G @ G.T).double()
+                d = K.diagonal().clamp_min(0).sqrt().clamp_min(1e-12)
+                cos = K / (d[:, None] * d[None, :])
         else:
             factors = stats[:, 3]
             weights, head_scales, common = self.aggregator.finish(norms, head_norms, factors, losses, tasks)
@@ -272,10 +296,11 @@ class MultiTaskOptimWrapper(OptimWrapper):
         if not self.is_bound:
             raise RuntimeError('update_tasks called before bind()')
         k = self._loss_divisor()  # before the count moves, as mmengine's scale_loss
+        cos_due = self._stats_due()
         self._inner_count += 1
         shared_stash = self._shared_stash or [None] * len(self._shared)
         if self._stats:
-            tasks, combined, weights, head_scales, norms, losses, cos = self._combine()
+            tasks, combined, weights, head_scales, norms, losses, cos = self._combine(cos_due)
             self._contributed = True
             for p, total, c in zip(self._shared, shared_stash, combined or [None] * len(self._shared)):
                 if c is not None and k != 1:
