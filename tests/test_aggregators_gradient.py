@@ -83,9 +83,10 @@ def test_pcgrad_removes_conflicting_components():
     assert K[0, 1] < 0
     C = PCGradAggregator.coefficients(K)
     projected = torch.tensor(C) @ grads.double()
-    # each projected gradient lies on the normal plane of the other task's gradient
-    assert abs(float(projected[0] @ grads[1].double())) < 1e-9
-    assert abs(float(projected[1] @ grads[0].double())) < 1e-9
+    # each projected gradient lies on the normal plane of the other task's gradient (to the float32
+    # precision of the gradients, in which the Gram matrix is formed)
+    assert abs(float(projected[0] @ grads[1].double())) < 1e-5
+    assert abs(float(projected[1] @ grads[0].double())) < 1e-5
     close(run(PCGradAggregator(), grads).grad, pcgrad_reference(grads, [[1], [0]]))
 
 
@@ -252,8 +253,8 @@ def test_gradvac_moves_cosine_to_target():
         C = agg.coefficients(gram_matrix(grads), ['task0', 'task1'])
         adjusted = torch.tensor(C) @ grads.double()
         cos = lambda x, y: float(x @ y / (x.norm() * y.norm()))  # noqa: E731
-        assert cos(adjusted[0], grads[1].double()) == pytest.approx(0.3, abs=1e-9)
-        assert cos(adjusted[1], grads[0].double()) == pytest.approx(0.2, abs=1e-9)
+        assert cos(adjusted[0], grads[1].double()) == pytest.approx(0.3, abs=1e-6)  # float32 Gram
+        assert cos(adjusted[1], grads[0].double()) == pytest.approx(0.2, abs=1e-6)
 
 
 def test_gradvac_above_target_untouched_and_ema():
