@@ -26,7 +26,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from bench_tbgc import build, step  # noqa: E402
+from bench_tbgc import build, peak_step_memory_mb, step  # noqa: E402
 
 DEFAULT_METHODS = ('vanilla', 'tbgc', 'maxgnr', 'pcgrad', 'cagrad', 'mgda', 'nashmtl', 'imtl', 'gradvac',
                    'aligned', 'uw', 'dwa', 'gradnorm', 'rlw', 'famo', 'tbgc+pcgrad')
@@ -71,24 +71,10 @@ def run_speed(args, methods):
 
 
 def run_memory_arm(args):
-    import tempfile
-
     import torch
-    from torch.profiler import ProfilerActivity, profile
     torch.set_num_threads(args.threads)
     model, batch = build(args.data)
-    wrapper = make_wrapper(args.arm, model)
-    for _ in range(2):
-        step(model, wrapper, batch)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:
-        step(model, wrapper, batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = osp.join(tmp, 'timeline.json')
-        prof.export_memory_timeline(path, device='cpu')
-        with open(path) as f:
-            _, sizes = json.load(f)
-    print(json.dumps(dict(peak_mb=max(sum(s) for s in sizes) / 2**20)))
+    print(json.dumps(dict(peak_mb=peak_step_memory_mb(model, make_wrapper(args.arm, model), batch))))
 
 
 def measure(methods, data, steps=10, warmup=2, threads=2, memory=True):

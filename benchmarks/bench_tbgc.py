@@ -94,14 +94,11 @@ def run_speed(args):
     return dict(speed=out, shared_param_mb=shared / 2**20)
 
 
-def run_memory_arm(args):
+def peak_step_memory_mb(model, wrapper, batch) -> float:
+    """Peak of the profiler's memory timeline (all live CPU tensors) over one step, after 2 warm-ups."""
     import tempfile
 
-    import torch
     from torch.profiler import ProfilerActivity, profile
-    torch.set_num_threads(args.threads)
-    model, batch = build(args.data)
-    wrapper = make_wrapper(args.arm, model)
     for _ in range(2):
         step(model, wrapper, batch)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
@@ -112,7 +109,14 @@ def run_memory_arm(args):
         prof.export_memory_timeline(path, device='cpu')
         with open(path) as f:
             _, sizes = json.load(f)
-    print(json.dumps(dict(peak_mb=max(sum(s) for s in sizes) / 2**20)))
+    return max(sum(s) for s in sizes) / 2**20
+
+
+def run_memory_arm(args):
+    import torch
+    torch.set_num_threads(args.threads)
+    model, batch = build(args.data)
+    print(json.dumps(dict(peak_mb=peak_step_memory_mb(model, make_wrapper(args.arm, model), batch))))
 
 
 def main():
