@@ -27,28 +27,15 @@ import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+from bench_tbgc import build_demo  # noqa: E402
+
 ARMS = ('fp32', 'amp')
 
 
 def build(data_root, device):
-    import torch
-    from mmengine.config import Config
-    from mmengine.dataset import pseudo_collate
-    from mmengine.registry import DATASETS, DefaultScope
-
-    import projects.allinone  # noqa: F401
-    from projects.allinone.registry import MODELS
-    DefaultScope.get_instance('bench-amp', scope_name='mmdet')
-    cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone_demo_tbgc.py'))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    batches = {}
-    for task, loader in cfg.train_dataloader.items():
-        ds_cfg = copy.deepcopy(loader.dataset)
-        ds_cfg.data_root = ds_cfg.data_root.replace('data/demo/', data_root.rstrip('/') + '/')
-        ds = DATASETS.build(ds_cfg)
-        batches[task] = pseudo_collate([ds[i] for i in range(loader.batch_size)])
+    cfg, model, batches = build_demo(data_root, 'allinone_demo_tbgc.py', init_weights=True)
     return cfg, model.to(device), batches
 
 

@@ -19,7 +19,6 @@ the demo config. The two arms alternate step by step (shared noise); per arm and
     python benchmarks/bench_dist.py [--steps 10] [--out benchmarks/results/dist.json]
 """
 import argparse
-import copy
 import json
 import os
 import os.path as osp
@@ -32,31 +31,15 @@ import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+from bench_tbgc import build_demo  # noqa: E402
+
 MODES = ('exact', 'approximate')
 
 
 def build(data_root, rank):
-    import torch
-    from mmengine.config import Config
-    from mmengine.dataset import pseudo_collate
-    from mmengine.registry import DATASETS, DefaultScope
-
-    import projects.allinone  # noqa: F401
-    from projects.allinone.registry import MODELS
-    if DefaultScope.get_current_instance() is None:
-        DefaultScope.get_instance('bench-dist', scope_name='mmdet')
-    cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone_demo.py'))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    batches = {}
-    for task, loader in cfg.train_dataloader.items():
-        ds_cfg = copy.deepcopy(loader.dataset)
-        ds_cfg.data_root = ds_cfg.data_root.replace('data/demo/', data_root.rstrip('/') + '/')
-        ds = DATASETS.build(ds_cfg)
-        b = loader.batch_size
-        batches[task] = pseudo_collate([ds[i] for i in range(rank * b, (rank + 1) * b)])
-    return cfg, model, batches
+    return build_demo(data_root, 'allinone_demo.py', rank=rank, init_weights=True)
 
 
 def expected_bytes(model, mode):

@@ -31,7 +31,12 @@ sys.path.insert(0, REPO)
 ARMS = ('vanilla', 'sum', 'tbgc', 'tbgc_mat')
 
 
-def build(data_root):
+def build_demo(data_root, config='allinone_demo.py', rank=0, init_weights=False):
+    """``(cfg, model, {task: batch})``: a demo config's model and one real batch per task.
+
+    Rank r takes samples ``r*B .. r*B+B-1`` of each task (B: the config's batch size), so the
+    batches of R ranks together are the first R*B samples. Shared by the benchmarks.
+    """
     import torch
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
@@ -39,17 +44,26 @@ def build(data_root):
 
     import projects.allinone  # noqa: F401
     from projects.allinone.registry import MODELS
-    DefaultScope.get_instance('bench', scope_name='mmdet')
-    cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone_demo.py'))
+    if DefaultScope.get_current_instance() is None:
+        DefaultScope.get_instance('bench', scope_name='mmdet')
+    cfg = Config.fromfile(osp.join(REPO, 'configs', config))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
-    batches = []
+    if init_weights:
+        model.init_weights()
+    batches = {}
     for task, loader in cfg.train_dataloader.items():
         ds_cfg = copy.deepcopy(loader.dataset)
         ds_cfg.data_root = ds_cfg.data_root.replace('data/demo/', data_root.rstrip('/') + '/')
         ds = DATASETS.build(ds_cfg)
-        batches.append((task, pseudo_collate([ds[i] for i in range(loader.batch_size)])))
-    return model, dict(batches)
+        b = loader.batch_size
+        batches[task] = pseudo_collate([ds[i] for i in range(rank * b, (rank + 1) * b)])
+    return cfg, model, batches
+
+
+def build(data_root):
+    _, model, batches = build_demo(data_root)
+    return model, batches
 
 
 def make_wrapper(arm, model):
