@@ -17,10 +17,13 @@ from .mgda import MGDAAggregator
 from .nashmtl import NashMTLAggregator
 from .pcgrad import PCGradAggregator
 from .chain import ChainAggregator
-from .presets import METHOD_PRESETS, method_optim_overrides
+from .presets import (METHOD_CONTEXT, METHOD_PRESETS, MODEL_METHODS, changes_train_loop, method_config_overrides,
+                      method_context_keys, method_optim_overrides, split_method)
 
 __all__ = ['AggregateResult', 'GradAggregator', 'LinearAggregator', 'SumAggregator', 'TBGCAggregator',
            'DWAAggregator', 'EqualAggregator', 'FAMOAggregator', 'GradNormAggregator', 'MaxGNRAggregator',
            'RLWAggregator', 'UncertaintyAggregator',
            'AlignedMTLAggregator', 'CAGradAggregator', 'GradVacAggregator', 'IMTLGAggregator', 'MGDAAggregator',
-           'NashMTLAggregator', 'PCGradAggregator', 'ChainAggregator', 'METHOD_PRESETS', 'method_optim_overrides']
+           'NashMTLAggregator', 'PCGradAggregator', 'ChainAggregator', 'METHOD_PRESETS', 'method_optim_overrides',
+           'MODEL_METHODS', 'METHOD_CONTEXT', 'split_method', 'method_config_overrides', 'method_context_keys',
+           'changes_train_loop']
