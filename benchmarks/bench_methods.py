@@ -8,8 +8,12 @@ median of the per-step ratios to the vanilla step (mmengine's ``OptimWrapper``: 
 summed loss, global clip) is reported. Memory: each method alone in a fresh process, peak of the
 profiler's tensor-memory timeline over one step after two warm-up steps (as bench_tbgc.py).
 
-    python benchmarks/bench_methods.py [--methods vanilla tbgc pcgrad ...] [--steps 10]
-        [--out benchmarks/results/methods.json]
+A model-side method (``gradsplit``, ``recon``, ``recon+pcgrad``, ...) runs on a demo model built with
+its ``model`` overrides (``method_config_overrides``; Recon's layers from ``--recon-report``); one
+that brings its own training loop (``train_cfg`` type) is skipped: one wrapper step is not its step.
+
+    python benchmarks/bench_methods.py [--methods vanilla tbgc pcgrad gradsplit ...] [--steps 10]
+        [--recon-report REPORT] [--out benchmarks/results/methods.json]
 """
 import argparse
 import copy
@@ -47,12 +51,29 @@ def make_wrapper(method, model):
                                  stats_interval=0)
 
 
+def model_overrides(method, context):
+    """The ``model`` overrides of a method (``None``: the plain demo model)."""
+    from projects.allinone.engine.aggregators import method_config_overrides
+    if method == 'joint':
+        return None
+    return method_config_overrides(method, **(context or {})).get('model')
+
+
+def build_models(args, arms):
+    """``({arm: model}, batch)``: one model per arm, built with the arm's model overrides (same seed)."""
+    model, batch = build(args.data)
+    models = {}
+    for a in arms:
+        over = model_overrides(a, args.context)
+        models[a] = copy.deepcopy(model) if not over else build(args.data, over, batches=False)[0]
+    return models, batch, model
+
+
 def run_speed(args, methods):
     import torch
     torch.set_num_threads(args.threads)
-    model, batch = build(args.data)
     arms = ('joint', ) + tuple(methods)
-    models = {a: copy.deepcopy(model) for a in arms}
+    models, batch, model = build_models(args, arms)
     wrappers = {a: make_wrapper(a, models[a]) for a in arms}
     times = {a: [] for a in arms}
     for i in range(args.warmup + args.steps):
@@ -73,23 +94,32 @@ def run_speed(args, methods):
 def run_memory_arm(args):
     import torch
     torch.set_num_threads(args.threads)
-    model, batch = build(args.data)
+    model, batch = build(args.data, model_overrides(args.arm, args.context))
     print(json.dumps(dict(peak_mb=peak_step_memory_mb(model, make_wrapper(args.arm, model), batch))))
 
 
-def measure(methods, data, steps=10, warmup=2, threads=2, memory=True):
-    """Speed (interleaved, one process) and memory (one process per method) of ``methods``."""
-    args = argparse.Namespace(data=data, steps=steps, warmup=warmup, threads=threads)
+def measure(methods, data, steps=10, warmup=2, threads=2, memory=True, context=None):
+    """Speed (interleaved, one process) and memory (one process per method) of ``methods``.
+
+    ``context``: what model-side methods need (``recon_report=PATH``). Methods with their own
+    training loop are left out (``skipped``: method -> reason)."""
+    from projects.allinone.engine.aggregators import changes_train_loop
+    context = {k: v for k, v in (context or {}).items() if v is not None}
+    skipped = {m: 'own training loop (train_cfg type): not one optim-wrapper step'
+               for m in methods if changes_train_loop(m)}
+    methods = [m for m in methods if m not in skipped]
+    args = argparse.Namespace(data=data, steps=steps, warmup=warmup, threads=threads, context=context)
     speed, n_shared = run_speed(args, methods)
     mem = {}
     if memory:
         for a in ('joint', ) + tuple(methods):
             outp = subprocess.check_output([sys.executable, osp.abspath(__file__), '--arm', a, '--data', data,
-                                            '--threads', str(threads)], stderr=subprocess.DEVNULL)
+                                            '--threads', str(threads), '--context', json.dumps(context)],
+                                           stderr=subprocess.DEVNULL)
             mem[a] = json.loads(outp.decode().strip().splitlines()[-1])['peak_mb']
-    return dict(speed=speed, peak_tensor_mb=mem, shared_params=n_shared, steps=steps,
-                machine=dict(cpu=platform.processor() or platform.machine(), threads=threads,
-                             cores=os.cpu_count()))
+    return dict(speed=speed, peak_tensor_mb=mem, shared_params=n_shared, steps=steps, skipped=skipped,
+                context=context, machine=dict(cpu=platform.processor() or platform.machine(), threads=threads,
+                                              cores=os.cpu_count()))
 
 
 def table(res, methods):
@@ -97,6 +127,9 @@ def table(res, methods):
              '|---|---|---|---|---|']
     base = res['speed'].get('vanilla', res['speed']['joint'])['ratio_to_joint']
     for a in ('joint', ) + tuple(methods):
+        if a not in res['speed']:
+            lines.append(f"| {a} | - | - | - | - |")
+            continue
         s = res['speed'][a]
         mem = res['peak_tensor_mb'].get(a)
         lines.append(f"| {a} | {s['median_s']:.3f} | {s['ratio_to_joint']:.3f} | "
@@ -112,19 +145,25 @@ def main():
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--no-memory', action='store_true')
+    p.add_argument('--recon-report', help="Recon search report for 'recon' methods (default: METHOD_CONTEXT's)")
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'results', 'methods.json'))
     p.add_argument('--arm', help=argparse.SUPPRESS)
+    p.add_argument('--context', type=json.loads, default={}, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.arm:
         return run_memory_arm(args)
     if not osp.exists(osp.join(args.data, 'meta.json')):
         subprocess.check_call([sys.executable, osp.join(REPO, 'tools', 'make_demo_data.py'), '--out', args.data])
-    res = measure(args.methods, args.data, args.steps, args.warmup, args.threads, memory=not args.no_memory)
+    context = dict(recon_report=osp.abspath(args.recon_report)) if args.recon_report else {}
+    res = measure(args.methods, args.data, args.steps, args.warmup, args.threads, memory=not args.no_memory,
+                  context=context)
     os.makedirs(osp.dirname(args.out), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(res, f, indent=1)
     print(f"shared (backbone) parameters: {res['shared_params']:,}; T = 3; {args.steps} interleaved steps")
     print(table(res, args.methods))
+    for m, why in res['skipped'].items():
+        print(f'{m}: not measured ({why})')
 
 
 if __name__ == '__main__':

@@ -31,11 +31,14 @@ sys.path.insert(0, REPO)
 ARMS = ('vanilla', 'sum', 'tbgc', 'tbgc_mat')
 
 
-def build_demo(data_root, config='allinone_demo.py', rank=0, init_weights=False):
+def build_demo(data_root, config='allinone_demo.py', rank=0, init_weights=False, model_overrides=None,
+               batches=True):
     """``(cfg, model, {task: batch})``: a demo config's model and one real batch per task.
 
     Rank r takes samples ``r*B .. r*B+B-1`` of each task (B: the config's batch size), so the
-    batches of R ranks together are the first R*B samples. Shared by the benchmarks.
+    batches of R ranks together are the first R*B samples. ``model_overrides`` are merged into
+    ``cfg.model`` before building (e.g. ``grad_split=dict(...)``, ``recon=dict(...)``);
+    ``batches=False`` skips the data. Shared by the benchmarks.
     """
     import torch
     from mmengine.config import Config
@@ -47,23 +50,25 @@ def build_demo(data_root, config='allinone_demo.py', rank=0, init_weights=False)
     if DefaultScope.get_current_instance() is None:
         DefaultScope.get_instance('bench', scope_name='mmdet')
     cfg = Config.fromfile(osp.join(REPO, 'configs', config))
+    if model_overrides:
+        cfg.merge_from_dict(dict(model=copy.deepcopy(model_overrides)))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     if init_weights:
         model.init_weights()
-    batches = {}
-    for task, loader in cfg.train_dataloader.items():
+    out = {}
+    for task, loader in (cfg.train_dataloader.items() if batches else ()):
         ds_cfg = copy.deepcopy(loader.dataset)
         ds_cfg.data_root = ds_cfg.data_root.replace('data/demo/', data_root.rstrip('/') + '/')
         ds = DATASETS.build(ds_cfg)
         b = loader.batch_size
-        batches[task] = pseudo_collate([ds[i] for i in range(rank * b, (rank + 1) * b)])
-    return cfg, model, batches
+        out[task] = pseudo_collate([ds[i] for i in range(rank * b, (rank + 1) * b)])
+    return cfg, model, out
 
 
-def build(data_root):
-    _, model, batches = build_demo(data_root)
-    return model, batches
+def build(data_root, model_overrides=None, batches=True):
+    _, model, out = build_demo(data_root, model_overrides=model_overrides, batches=batches)
+    return model, out
 
 
 def make_wrapper(arm, model):
