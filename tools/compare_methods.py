@@ -1,12 +1,18 @@
 #!/usr/bin/env python
 """Train the same config with several multi-task methods and compare them side by side.
 
-    python tools/compare_methods.py --methods vanilla tbgc maxgnr pcgrad cagrad mgda nashmtl imtl \
-        [--config configs/allinone_demo.py] [--max-iters 500] [--val-points 4] [--out work_dirs/methods]
+    python tools/compare_methods.py --methods vanilla tbgc pcgrad cagrad gradsplit recon recon+pcgrad \
+        [--config configs/allinone_demo.py] [--max-iters 500] [--val-points 4] [--out work_dirs/methods] \
+        [--recon-report REPORT] [--threads 1] [--bench-steps 10]
 
 Each method (a name of ``METHOD_PRESETS``, a ``+`` chain such as ``tbgc+pcgrad``, or an aggregator
 class name) gets a child config of ``--config`` that changes only ``optim_wrapper.aggregator`` (and
 drops the global clip for TBGC, which replaces it); all runs share the seed, data and schedule.
+A model-side method of ``MODEL_METHODS`` (``gradsplit``, ``recon``) adds its ``model`` (or
+``train_cfg``) keys, alone (with the vanilla aggregator) or with aggregators: ``recon+pcgrad``,
+``gradsplit+tbgc`` (at most one model-side part per name). Recon's layers come from
+``--recon-report``, or from a search run once before training (``tools/recon_search.py`` on
+``--config`` for a quarter of the run length, into ``--out/recon_search``; reused when its report exists).
 Runs already finished in ``--out`` (validated at their last iteration) are reused (delete a
 run's folder to redo it). Then the
 per-step cost of every method is measured on the demo model (``benchmarks/bench_methods.py``:
@@ -17,6 +23,7 @@ peak memory) and ``--out/curves.png`` (each task's validation score over trainin
 import argparse
 import glob
 import json
+import keyword
 import os
 import os.path as osp
 import statistics
@@ -29,46 +36,89 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, osp.join(REPO, 'benchmarks'))
 
 
-def child_config(base: str, method: str, path: str, max_iters=None, val_points=4) -> None:
+def _py(obj) -> str:
+    """Python source of a config value, dicts with identifier keys as ``dict(k=v)``."""
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k) for k in obj):
+            return 'dict(' + ', '.join(f'{k}={_py(v)}' for k, v in obj.items()) + ')'
+        return '{' + ', '.join(f'{k!r}: {_py(v)}' for k, v in obj.items()) + '}'
+    if isinstance(obj, list):
+        return '[' + ', '.join(_py(v) for v in obj) + ']'
+    if isinstance(obj, tuple):
+        return '(' + ''.join(f'{_py(v)}, ' for v in obj).rstrip(' ') + ')'
+    return repr(obj)
+
+
+def child_config(base: str, method: str, path: str, max_iters=None, val_points=4, **context) -> None:
     """A config that differs from ``base`` in the method only (and, with ``max_iters``, in a
-    schedule shrunk in proportion: every iteration-based scheduler boundary scales with it)."""
+    schedule shrunk in proportion: every iteration-based scheduler boundary scales with it).
+
+    The method's overrides (``method_config_overrides(method, **context)``: the aggregator, and a
+    model-side method's ``model`` / ``train_cfg`` / ... keys) and the schedule's are merged first, so
+    each top-level key is written once and inherits from ``base`` key by key."""
     from mmengine.config import Config
 
-    from projects.allinone.engine.aggregators import method_optim_overrides
-    over = method_optim_overrides(method)
-    lines = [f'# {method}: written by tools/compare_methods.py', f'_base_ = [{osp.abspath(base)!r}]',
-             f"optim_wrapper = dict(aggregator=dict(_delete_=True, **{over['aggregator']!r})"
-             + (', clip_grad=None)' if 'clip_grad' in over else ')')]
+    from projects.allinone.engine.aggregators import method_config_overrides
+    from projects.allinone.engine.aggregators.presets import merge_overrides
+    over = method_config_overrides(method, **context)
+    over['optim_wrapper']['aggregator'] = dict(_delete_=True, **over['optim_wrapper']['aggregator'])
     if max_iters:
         cfg = Config.fromfile(base)
         factor = max_iters / cfg.train_cfg.max_iters
         scheds = []
-        for sch in cfg.get('param_scheduler') or []:
+        for sch in over.get('param_scheduler', cfg.get('param_scheduler')) or []:
             sch = dict(sch)
             for key in ('begin', 'end'):
                 if key in sch and not sch.get('by_epoch', True):
                     sch[key] = max(0 if key == 'begin' else 1, round(sch[key] * factor))
             scheds.append(sch)
         interval = max(1, max_iters // max(1, val_points))
-        lines += [f'train_cfg = dict(max_iters={max_iters}, val_interval={interval})',
-                  f'param_scheduler = {scheds!r}',
-                  f'default_hooks = dict(checkpoint=dict(interval={max_iters}))']
+        over = merge_overrides(over, dict(train_cfg=dict(max_iters=max_iters, val_interval=interval),
+                                          param_scheduler=scheds,
+                                          default_hooks=dict(checkpoint=dict(interval=max_iters))))
+    lines = [f'# {method}: written by tools/compare_methods.py', f'_base_ = [{osp.abspath(base)!r}]']
+    lines += [f'{key} = {_py(value)}' for key, value in over.items()]
     with open(path, 'w') as f:
         f.write('\n'.join(lines) + '\n')
+
+
+def thread_env(threads):
+    env = dict(os.environ)
+    if threads:  # on a shared machine, one thread avoids the thrash of oversubscribed OpenMP
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def recon_search(args, max_iters) -> str:
+    """Recon's layer search on ``--config`` (a quarter of the run length) into ``OUT/recon_search``, once:
+    an existing report is reused. Returns the report's path."""
+    work_dir = osp.join(args.out, 'recon_search')
+    report = osp.join(work_dir, 'recon_search', 'recon_report.json')  # recon_search.py's default names
+    if osp.exists(report):
+        print(f'[recon search] reusing {report}', flush=True)
+        return report
+    iters = max(1, max_iters // 4)
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'recon_search.py'), args.config, '--iters', str(iters),
+           '--work-dir', work_dir]
+    print(f'[recon search] {iters} iterations: {" ".join(cmd)}', flush=True)
+    t0 = time.time()
+    with open(osp.join(args.out, 'recon_search.log'), 'w') as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(args.threads))
+    if rc != 0 or not osp.exists(report):
+        raise RuntimeError(f'[recon search] failed (exit {rc}, report {report} missing); see {log.name}')
+    print(f'[recon search] done in {time.time() - t0:.0f} s: {report}', flush=True)
+    return report
 
 
 def train(method, args, run_dir):
     cfg_path = osp.join(args.out, 'configs', method.replace('+', '_') + '.py')
     os.makedirs(osp.dirname(cfg_path), exist_ok=True)
-    child_config(args.config, method, cfg_path, args.max_iters, args.val_points)
+    child_config(args.config, method, cfg_path, args.max_iters, args.val_points, recon_report=args.recon_report)
     cmd = [sys.executable, osp.join(REPO, 'tools', 'train.py'), cfg_path, '--work-dir', run_dir]
     print(f'[{method}] training: {" ".join(cmd)}', flush=True)
     t0 = time.time()
-    env = dict(os.environ)
-    if args.threads:  # on a shared machine, one thread avoids the thrash of oversubscribed OpenMP
-        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     with open(osp.join(args.out, f"{method.replace('+', '_')}.log"), 'w') as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(args.threads))
     if rc != 0:
         raise RuntimeError(f'[{method}] training failed (exit {rc}); see {log.name}')
     print(f'[{method}] done in {time.time() - t0:.0f} s', flush=True)
@@ -131,15 +181,22 @@ def main(argv=None):
     p.add_argument('--threads', type=int, help='torch threads of each training run (default: torch\'s own)')
     p.add_argument('--bench-steps', type=int, default=10, help='interleaved steps of the cost benchmark (0: skip)')
     p.add_argument('--data', default=osp.join(REPO, 'data', 'demo'), help='demo data for the cost benchmark')
+    p.add_argument('--recon-report', help='Recon search report for the recon methods (default: search once into '
+                   'OUT/recon_search, a quarter of the run length)')
     args = p.parse_args(argv)
     args.out = osp.abspath(args.out)
+    args.config = osp.abspath(args.config)
+    if args.recon_report:
+        args.recon_report = osp.abspath(args.recon_report)
     os.makedirs(args.out, exist_ok=True)
 
-    from projects.allinone.engine.aggregators import method_optim_overrides
+    from projects.allinone.engine.aggregators import changes_train_loop, method_config_overrides, method_context_keys
     for m in args.methods:  # fail on a typo before hours of training
-        method_optim_overrides(m)
+        method_config_overrides(m)
     from mmengine.config import Config
     max_iters = args.max_iters or Config.fromfile(args.config).train_cfg.max_iters
+    if not args.recon_report and any('recon_report' in method_context_keys(m) for m in args.methods):
+        args.recon_report = recon_search(args, max_iters)
     results = {}
     for m in args.methods:
         run_dir = osp.join(args.out, m.replace('+', '_'))
@@ -154,7 +211,8 @@ def main(argv=None):
         from bench_methods import measure
         print(f'measuring the step cost of {len(args.methods)} methods ({args.bench_steps} interleaved steps)...',
               flush=True)
-        cost = measure(list(args.methods), args.data, steps=args.bench_steps, threads=args.threads or 2)
+        cost = measure(list(args.methods), args.data, steps=args.bench_steps, threads=args.threads or 2,
+                       context=dict(recon_report=args.recon_report))
         with open(osp.join(args.out, 'cost.json'), 'w') as f:
             json.dump(cost, f, indent=1)
 
@@ -171,11 +229,20 @@ def main(argv=None):
     for m, (board, _, t_iter) in results.items():
         row = f'| {m} | ' + ' | '.join(f"{board.get(f'leaderboard/{t}', float('nan')):.4f}" for t in tasks)
         row += f" | {board['leaderboard/A']:.4f} | {t_iter:.3f} |"
-        if cost:
-            row += f" {cost['speed'][m]['ratio_to_joint'] / base:.3f} | {cost['peak_tensor_mb'].get(m, float('nan')):.1f} |"
+        if cost and m in cost['speed']:
+            mem = cost['peak_tensor_mb'].get(m, float('nan'))
+            row += f" {cost['speed'][m]['ratio_to_joint'] / base:.3f} | {mem:.1f} |"
+        elif cost:
+            row += ' - | - |'
         lines.append(row)
     note = (f"config {osp.relpath(args.config, REPO)}, {args.max_iters or 'config'} iterations, same seed, "
             f"{args.threads or 'default'} thread(s) per run; scores: last validation")
+    loops = [m for m in args.methods if changes_train_loop(m)]
+    if cost and loops:
+        note += (f"; no step cost for {', '.join(loops)}: its own training loop (train_cfg type), which one "
+                 'optim-wrapper step of the benchmark does not run')
+    if args.recon_report and any('recon_report' in method_context_keys(m) for m in args.methods):
+        note += f'; Recon layers from {osp.relpath(args.recon_report, REPO)}'
     text = '\n'.join(lines) + f'\n\n({note})\n'
     with open(osp.join(args.out, 'methods.md'), 'w') as f:
         f.write(text)
