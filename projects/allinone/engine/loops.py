@@ -141,6 +141,14 @@ class MultiTaskTrainLoop(IterBasedTrainLoop):
     def next_batch(self) -> Dict[str, dict]:
         return OrderedDict((t, next(it)) for t, it in self.iterators.items())
 
+    def batches_drawn(self, iteration: int) -> int:
+        """Batches each task loader has given after ``iteration`` iterations (the resume position)."""
+        return iteration
+
+    def validation_due(self) -> bool:
+        """Validate after the iteration just run (every ``val_interval`` and at the end)."""
+        return self._iter % self.val_interval == 0 or self._iter == self._max_iters
+
     def run(self):
         self.runner.call_hook('before_train')
         self.runner.call_hook('before_train_epoch')
@@ -148,13 +156,12 @@ class MultiTaskTrainLoop(IterBasedTrainLoop):
             print_log(f'resuming at iteration {self._iter}: repositioning each task loader '
                       '(epoch restored, partial epoch redrawn)', logger='current', level=logging.INFO)
             for it in self.iterators.values():
-                it.seek(self._iter)
+                it.seek(self.batches_drawn(self._iter))
         while self._iter < self._max_iters and not self.stop_training:
             self.runner.model.train()
             self.run_iter(self.next_batch())
             self._decide_current_val_interval()
-            if (self.runner.val_loop is not None and self._iter >= self.val_begin
-                    and (self._iter % self.val_interval == 0 or self._iter == self._max_iters)):
+            if self.runner.val_loop is not None and self._iter >= self.val_begin and self.validation_due():
                 self.runner.val_loop.run()
         self.runner.call_hook('after_train_epoch')
         self.runner.call_hook('after_train')

@@ -1,0 +1,413 @@
+"""DR-MGF (Sun et al., arXiv 2305.19844): task importances per connection and meta-weighted fusion.
+
+The state and the arithmetic of the method, apart from the loop that schedules it
+(:class:`DRMGFTrainLoop`):
+
+* **Importance variables** ``v_t`` for each chosen shared layer and task: one per (output, input)
+  connection of a conv kernel (shape ``(O, I/groups)``), one per output row of a linear layer
+  (``(O, 1)``), initialised to the norm of that weight slice.
+* **Gated forward** (training only, first part of training): during the task-dominant pass of task
+  ``d`` each chosen layer runs with ``W_eff = W / ||W_slice|| * gate_d`` where
+  ``gate_d = sum_u c_u |v_u| / (1 + beta * sum_in |v_u|) ** p / sum_u c_u`` with ``c_d = own_gate``
+  (10) and 1 for the others (a local-response-style normalisation over the inputs): the forward
+  depends on the importances, so the task losses train them, the dominant task's the most.
+* **Fusion** of the T task updates ``D_t`` from the common start ``W0``: per connection
+  ``W = W0 + sum_t pi_t D_t / sum_t pi_t`` with ``pi_t = |v_t| / sum_in |v_t| * |alpha_t|``;
+  ``alpha_t`` (same shape as ``v_t``, init ``alpha_init``) is meta-learned first order on the sum of
+  the task losses at the fused weights (``W(alpha)`` is differentiable in ``alpha``), then the
+  fusion is applied. With equal importances and coefficients this is the mean of the task updates.
+* After the freeze point the gates are off, ``v`` is frozen and ``alpha`` is kept with an EMA
+  (``alpha = ema * alpha_before + (1 - ema) * alpha_meta``), as the official code does with its
+  fusion-weight model.
+
+Everything else is fused with equal weights: the shared parameters outside the chosen layers
+(norm weights and biases, conv biases) take ``W0 + mean_t D_t``; each task's own parameters take
+the end of its own pass (``W0 + D_t``); the shared BN statistics the equal mixture of the T passes'
+(mean of the means, mean of ``var + mean^2`` minus the squared mean).
+
+Memory, stated because it is the method's price: one copy of the whole model (``W0``), T copies of
+the shared parameters (the deltas) and one of the task parameters (each task's pass end), plus
+``2 T`` importance-sized tensors (``v``, ``alpha``) and their Adam moments (``4 T`` more).
+:meth:`DRMGF.memory_report` gives the numbers for a model.
+"""
+import logging
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from mmengine.logging import print_log
+from torch import Tensor, nn
+
+EPS = 1e-12
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _build_optimizer(cfg: dict, params: List[Tensor]) -> torch.optim.Optimizer:
+    cfg = dict(cfg)
+    name = cfg.pop('type', 'Adam')
+    cls = getattr(torch.optim, name, None)
+    if cls is None:
+        raise KeyError(f'drmgf: unknown optimizer type {name!r} (a class of torch.optim)')
+    return cls(params, **cfg)
+
+
+def _slice_norm(w: Tensor, conv: bool) -> Tensor:
+    """Norm of each importance slice of ``w``: per (out, in) kernel for a conv, per row otherwise."""
+    if conv:
+        return w.detach().flatten(2).norm(dim=2)
+    return w.detach().flatten(1).norm(dim=1, keepdim=True)
+
+
+def _expand(x: Tensor, w: Tensor) -> Tensor:
+    """An importance-shaped ``(O, I)`` / ``(O, 1)`` tensor broadcast against the weight ``w``."""
+    return x.reshape(x.shape + (1, ) * (w.dim() - x.dim()))
+
+
+class DRMGF(nn.Module):
+    """The importances, fusion coefficients and round state of DR-MGF for one ``AllInOneModel``.
+
+    Args:
+        model: the (unwrapped) ``AllInOneModel``: ``task_names``, ``parameter_partition()``,
+            ``task_loss_weights`` and its ``TaskContext`` are what this reads.
+        layers: module names whose conv / linear layers get importances (a name selects every such
+            layer inside it); default: every conv / linear layer owning shared weights.
+        aux_weight: weight of the other tasks' losses in a task-dominant pass (its own: 1).
+        own_gate: factor of the dominant task's importance in the gate (the paper's 10 vs 1).
+        lrn_beta, lrn_power: the local-response normalisation of the gate over the inputs.
+        importance_optim: optimizer of ``v`` (official: Adam at the model's lr, 1e-4).
+        alpha_init: initial fusion coefficient; fusion_optim: optimizer of ``alpha`` (Adam, 0.1).
+        alpha_ema: EMA kept on ``alpha`` after the freeze point (0: none).
+    """
+
+    def __init__(self, model: nn.Module, layers: Optional[Sequence[str]] = None, aux_weight: float = 0.5,
+                 own_gate: float = 10.0, lrn_beta: float = 1e-4, lrn_power: float = 0.75,
+                 importance_optim: dict = dict(type='Adam', lr=1e-4), alpha_init: float = 1e-3,
+                 fusion_optim: dict = dict(type='Adam', lr=0.1), alpha_ema: float = 0.9):
+        super().__init__()
+        if not 0 <= alpha_ema < 1:
+            raise ValueError(f'drmgf.alpha_ema must be in [0, 1), got {alpha_ema}')
+        if own_gate <= 0 or aux_weight < 0:
+            raise ValueError(f'drmgf: own_gate must be > 0 and aux_weight >= 0 (got {own_gate}, {aux_weight})')
+        self.tasks = list(model.task_names)
+        self.aux_weight, self.own_gate = float(aux_weight), float(own_gate)
+        self.lrn_beta, self.lrn_power, self.alpha_ema = float(lrn_beta), float(lrn_power), float(alpha_ema)
+        self._ctx = model._task_context
+        part = model.parameter_partition()
+        shared_ids = {id(p) for p in part['shared']}
+        self._owner = {id(p): g for g, ps in part.items() for p in ps}
+        self.layer_names = self._select_layers(model, layers, shared_ids)
+        modules = dict(model.named_modules())
+        self._modules_by_name = OrderedDict((n, modules[n]) for n in self.layer_names)
+        # v and alpha: ParameterDicts keyed '<task>/<layer with dots as colons>'
+        self.importance = nn.ParameterDict()
+        self.alpha = nn.ParameterDict()
+        for n, m in self._modules_by_name.items():
+            norm = _slice_norm(m.weight, isinstance(m, _CONV)).float()
+            for t in self.tasks:
+                self.importance[self._key(t, n)] = nn.Parameter(norm.clone())
+                self.alpha[self._key(t, n)] = nn.Parameter(torch.full_like(norm, float(alpha_init)))
+        self.importance_optimizer = _build_optimizer(importance_optim, list(self.importance.values()))
+        self.fusion_optimizer = _build_optimizer(fusion_optim, list(self.alpha.values()))
+        self.mode: Optional[str] = None     # None | 'gate' | 'fuse'
+        self.dominant: Optional[str] = None
+        self.start: Optional[Dict[str, Tensor]] = None        # W0: every parameter and buffer
+        self.pass_ends: Dict[str, Dict[str, Tensor]] = OrderedDict()
+        self._handles = []
+        for n, m in self._modules_by_name.items():
+            self._handles.append(m.register_forward_pre_hook(self._pre_hook(n)))
+            self._handles.append(m.register_forward_hook(self._post_hook, always_call=True))
+
+    # ------------------------------------------------------------------ layers
+    @staticmethod
+    def _key(task: str, layer: str) -> str:
+        return f"{task}/{layer.replace('.', ':')}"
+
+    @staticmethod
+    def _select_layers(model, layers, shared_ids) -> List[str]:
+        found = [n for n, m in model.named_modules()
+                 if isinstance(m, _CONV + (nn.Linear, )) and getattr(m, 'weight', None) is not None
+                 and id(m.weight) in shared_ids]
+        if layers is None:
+            chosen = found
+        else:
+            if isinstance(layers, str):
+                layers = [layers]
+            chosen = []
+            for name in layers:
+                hits = [n for n in found if n == name or n.startswith(name + '.')
+                        or n == f'backbone.{name}' or n.startswith(f'backbone.{name}.')]
+                if not hits:
+                    raise KeyError(f'drmgf.layers: {name!r} names no shared conv / linear layer of the model '
+                                   f'(e.g. {found[:3]})')
+                chosen += [h for h in hits if h not in chosen]
+        if not chosen:
+            raise ValueError('drmgf: the model has no shared conv / linear layer to fuse')
+        return chosen
+
+    def init_importances(self, model: nn.Module) -> None:
+        """``v_t`` = the norm of each weight slice, for every task (at the start of training, once the
+        pretrained / ``load_from`` weights are in)."""
+        with torch.no_grad():
+            for n, m in self._modules_by_name.items():
+                norm = _slice_norm(m.weight, isinstance(m, _CONV))
+                for t in self.tasks:
+                    self.importance[self._key(t, n)].copy_(norm)
+
+    # ------------------------------------------------------------------ gated and fused weights
+    def gate(self, layer: str, dominant: str) -> Tensor:
+        """``gate_d`` of a layer: the own task's importance ``own_gate`` times the others'."""
+        num, den = 0., 0.
+        for t in self.tasks:
+            v = self.importance[self._key(t, layer)].abs()
+            c = self.own_gate if t == dominant else 1.0
+            num = num + c * v / (1 + self.lrn_beta * v.sum(dim=1, keepdim=True)) ** self.lrn_power
+            den += c
+        return num / den
+
+    def effective_weight(self, layer: str, weight: Tensor, dominant: str) -> Tensor:
+        """The weight the gated forward uses: unit-norm slices scaled by the gate."""
+        conv = isinstance(self._modules_by_name[layer], _CONV)
+        norm = weight.flatten(2).norm(dim=2) if conv else weight.flatten(1).norm(dim=1, keepdim=True)
+        g = self.gate(layer, dominant)
+        return weight / _expand(norm.clamp_min(EPS), weight) * _expand(g.to(weight.dtype), weight)
+
+    def fusion_coefficients(self, layer: str, tasks: Sequence[str]) -> List[Tensor]:
+        """``pi_t = |v_t| / sum_in |v_t| * |alpha_t|`` (v detached: only alpha is meta-learned)."""
+        out = []
+        for t in tasks:
+            v = self.importance[self._key(t, layer)].detach().abs()
+            out.append(v / (v.sum(dim=1, keepdim=True) + EPS) * self.alpha[self._key(t, layer)].abs())
+        return out
+
+    def fused_weight(self, layer: str, start: Tensor, deltas: Dict[str, Tensor]) -> Tensor:
+        tasks = list(deltas)
+        pis = self.fusion_coefficients(layer, tasks)
+        total = sum(pis)
+        upd = sum(_expand(pi, start).to(start.dtype) * deltas[t] for t, pi in zip(tasks, pis))
+        return start + upd / _expand(total, start).to(start.dtype).clamp_min(EPS)
+
+    def _pre_hook(self, layer: str):
+        def hook(module, args):
+            if self.mode == 'gate' and self._ctx.train and torch.is_grad_enabled():
+                w = module._parameters['weight']
+                module.__dict__['_drmgf_weight'] = w
+                module._parameters['weight'] = self.effective_weight(layer, w, self.dominant)
+            elif self.mode == 'fuse':
+                w = module._parameters['weight']
+                module.__dict__['_drmgf_weight'] = w
+                key = f'{layer}.weight'
+                module._parameters['weight'] = self.fused_weight(
+                    layer, self.start[key], {t: d[key] for t, d in self.pass_ends.items()})
+        return hook
+
+    @staticmethod
+    def _post_hook(module, args, output):
+        w = module.__dict__.pop('_drmgf_weight', None)
+        if w is not None:
+            module._parameters['weight'] = w
+        return output
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # ------------------------------------------------------------------ rounds
+    def _group(self, name: str, p: Tensor) -> Optional[str]:
+        return self._owner.get(id(p))
+
+    def begin_round(self, model: nn.Module) -> None:
+        """Remember ``W0``, the common start of the round's task-dominant passes."""
+        self.start = OrderedDict((n, t.detach().clone()) for n, t in model.state_dict(keep_vars=True).items())
+        self.pass_ends = OrderedDict()
+
+    @contextmanager
+    def task_pass(self, model: nn.Module, task: str, gated: bool) -> Iterator[None]:
+        """One step of ``task``'s dominant pass: its loss at 1, the others' at ``aux_weight``;
+        with ``gated``, the gated forward of ``task``."""
+        base = dict(model.task_loss_weights)
+        model.task_loss_weights = {t: w * (1.0 if t == task else self.aux_weight) for t, w in base.items()}
+        self.mode, self.dominant = ('gate' if gated else None), task
+        try:
+            yield
+        finally:
+            model.task_loss_weights = base
+            self.mode, self.dominant = None, None
+
+    def restore_start(self, model: nn.Module) -> None:
+        """Back to ``W0`` (parameters and buffers) for the next task's pass."""
+        with torch.no_grad():
+            for n, t in model.state_dict(keep_vars=True).items():
+                t.copy_(self.start[n])
+
+    def end_pass(self, model: nn.Module, task: str, gated: bool) -> None:
+        """Keep what the fusion needs of ``task``'s pass: the deltas of the shared parameters (of the
+        gated weights for the chosen layers while gating), ``task``'s own parameters and the buffers."""
+        params = dict(model.named_parameters())
+        end = OrderedDict()
+        with torch.no_grad():
+            for n, t in model.state_dict(keep_vars=True).items():
+                owner = self._group(n, params[n]) if n in params else None
+                layer = n[:-len('.weight')] if n.endswith('.weight') else None
+                if owner == 'shared':
+                    w = t.detach()
+                    if gated and layer in self._modules_by_name:
+                        w = self.effective_weight(layer, w, task)
+                    end[n] = w - self.start[n]
+                elif owner == task:
+                    end[n] = t.detach().clone()
+                elif n not in params and (not n.startswith('tasks.') or n.startswith(f'tasks.{task}.')):
+                    end[n] = t.detach().clone()  # shared buffers (mixed at the fusion) and this task's own
+        self.pass_ends[task] = end
+
+    def _apply_equal_fusion(self, model: nn.Module) -> None:
+        """Everything but the chosen layers' weights: mean deltas, own pass ends, mixed BN stats."""
+        params = dict(model.named_parameters())
+        ends = self.pass_ends
+        tasks = list(ends)
+        state = model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for n, t in state.items():
+                if n in params:
+                    owner = self._group(n, params[n])
+                    if owner == 'shared':
+                        layer = n[:-len('.weight')] if n.endswith('.weight') else None
+                        if layer not in self._modules_by_name:
+                            t.copy_(self.start[n] + sum(ends[u][n] for u in tasks) / len(tasks))
+                    elif owner in ends:
+                        t.copy_(ends[owner][n])
+                    continue
+                if n.startswith('tasks.'):
+                    own = next((u for u in tasks if n.startswith(f'tasks.{u}.')), None)
+                    if own is not None:
+                        t.copy_(ends[own][n])
+                    continue
+                if n.endswith('running_mean') or n.endswith('running_var'):
+                    continue
+                if t.is_floating_point():
+                    t.copy_(sum(ends[u][n] for u in tasks) / len(tasks))
+                else:
+                    t.copy_(ends[tasks[-1]][n])
+            for n in state:  # BN statistics: the equal mixture of the passes' distributions
+                if not n.endswith('running_var') or n.startswith('tasks.'):
+                    continue
+                m = n[:-len('running_var')] + 'running_mean'
+                if m not in state:
+                    continue
+                mean = sum(ends[u][m] for u in tasks) / len(tasks)
+                second = sum(ends[u][n] + ends[u][m] ** 2 for u in tasks) / len(tasks)
+                state[m].copy_(mean)
+                state[n].copy_((second - mean ** 2).clamp_min(0))
+
+    def fuse(self, model: nn.Module, meta_batches: Iterator[Dict[str, dict]], meta_iters: int,
+             ema: bool) -> Dict[str, float]:
+        """End of a round: meta-learn ``alpha`` for ``meta_iters`` batches, then write the fused
+        weights into ``model``. Returns the mean meta loss (NaN without meta iterations)."""
+        if not self.pass_ends:
+            raise RuntimeError('DRMGF.fuse: no task pass was recorded in this round')
+        self.restore_start(model)  # a task without a pass in a short last round keeps W0
+        self._apply_equal_fusion(model)
+        before = [a.detach().clone() for a in self.alpha.values()] if ema and self.alpha_ema else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        losses = []
+        self.mode = 'fuse'
+        try:
+            for _ in range(meta_iters):
+                batch = next(meta_batches)
+                self.fusion_optimizer.zero_grad(set_to_none=True)
+                total = 0.
+                for task, b in batch.items():
+                    if task not in self.tasks or b is None:
+                        continue
+                    loss, _ = model.task_loss(task, b)
+                    loss.backward()
+                    total += float(loss.detach())
+                _allreduce_grads(list(self.alpha.values()))
+                self.fusion_optimizer.step()
+                losses.append(total)
+        finally:
+            self.mode = None
+            for p in params:
+                p.requires_grad_(True)
+        if before is not None:
+            with torch.no_grad():
+                for a, b in zip(self.alpha.values(), before):
+                    a.mul_(1 - self.alpha_ema).add_(b, alpha=self.alpha_ema)
+        with torch.no_grad():
+            state = model.state_dict(keep_vars=True)
+            for layer in self.layer_names:
+                key = f'{layer}.weight'
+                state[key].copy_(self.fused_weight(layer, self.start[key],
+                                                   {t: d[key] for t, d in self.pass_ends.items()}))
+        self.start, self.pass_ends = None, OrderedDict()
+        return dict(meta_loss=sum(losses) / len(losses) if losses else float('nan'))
+
+    def step_importances(self) -> None:
+        """One optimizer step of ``v`` on the gradients the gated forward left on it."""
+        _allreduce_grads(list(self.importance.values()))
+        self.importance_optimizer.step()
+        self.importance_optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ reporting and state
+    def importance_shares(self) -> Dict[str, float]:
+        """Per task: its share of the summed importance over every connection of the chosen layers."""
+        totals = {t: sum(float(self.importance[self._key(t, n)].detach().abs().sum()) for n in self.layer_names)
+                  for t in self.tasks}
+        s = sum(totals.values()) or 1.0
+        return {t: v / s for t, v in totals.items()}
+
+    def memory_report(self, model: nn.Module) -> Dict[str, float]:
+        """Megabytes DR-MGF holds besides the model and its optimizer (fp32 sizes)."""
+        mb = 1 / 2 ** 20
+        part = model.parameter_partition()
+        shared = sum(p.numel() * p.element_size() for p in part['shared'])
+        own = sum(p.numel() * p.element_size() for g, ps in part.items() if g != 'shared' for p in ps)
+        whole = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        imp = sum(v.numel() * v.element_size() for v in self.importance.values())
+        return dict(start_copy_mb=whole * mb, task_deltas_mb=len(self.tasks) * shared * mb + own * mb,
+                    importance_and_alpha_mb=2 * imp * mb, optimizer_moments_mb=4 * imp * mb)
+
+    def state_dict_for_checkpoint(self) -> dict:
+        return dict(importance={k: v.detach().clone() for k, v in self.importance.items()},
+                    alpha={k: v.detach().clone() for k, v in self.alpha.items()},
+                    importance_optimizer=self.importance_optimizer.state_dict(),
+                    fusion_optimizer=self.fusion_optimizer.state_dict(),
+                    start=self.start, pass_ends=dict(self.pass_ends), tasks=self.tasks,
+                    layers=self.layer_names)
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        if list(state.get('layers', [])) != self.layer_names or list(state.get('tasks', [])) != self.tasks:
+            raise ValueError('the checkpoint\'s DR-MGF state is for other layers or tasks '
+                             f"({len(state.get('layers', []))} layers, tasks {state.get('tasks')}) than this "
+                             f'config ({len(self.layer_names)} layers, tasks {self.tasks})')
+        with torch.no_grad():
+            for k, v in state['importance'].items():
+                self.importance[k].copy_(v)
+            for k, v in state['alpha'].items():
+                self.alpha[k].copy_(v)
+        self.importance_optimizer.load_state_dict(state['importance_optimizer'])
+        self.fusion_optimizer.load_state_dict(state['fusion_optimizer'])
+        self.start = state.get('start')
+        self.pass_ends = OrderedDict(state.get('pass_ends') or {})
+
+
+def _allreduce_grads(params: List[Tensor]) -> None:
+    """Average the gradients of ``params`` over the ranks (no-op in one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def log_warning(msg: str) -> None:
+    print_log(msg, logger='current', level=logging.WARNING)
