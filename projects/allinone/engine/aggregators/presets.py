@@ -39,6 +39,7 @@ METHOD_PRESETS: Dict[str, tuple] = {
 MODEL_METHODS: Dict[str, dict] = {
     'gradsplit': dict(model=dict(grad_split=dict(modules=['backbone.layer4']))),
     'recon': dict(model=dict(recon=dict(report='{recon_report}', param_budget=0.05, score='raw', threshold=0.0))),
+    'drmgf': dict(train_cfg=dict(type='DRMGFTrainLoop', round_iters=25, gate_until=0.5)),
 }
 #: default context: the report ``tools/recon_search.py configs/allinone_demo.py`` writes
 METHOD_CONTEXT: Dict[str, str] = dict(
