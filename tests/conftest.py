@@ -65,3 +65,27 @@ def registered():
     if DefaultScope.get_current_instance() is None:
         DefaultScope.get_instance('allinone-tests', scope_name='mmdet')
     return True
+
+
+def toy_task_base():
+    """Base of the synthetic task models of the routing tests: an AllInOne task with ``loss`` /
+    ``predict`` on the shared features (the subclass defines both) and the OpenMMLab forward modes."""
+    from mmengine.model import BaseModel
+
+    class ToyTask(BaseModel):
+        def _forward(self, feats, data_samples=None):
+            return self.predict(feats)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            return self.loss(inputs) if mode == 'loss' else self.predict(inputs)
+
+    return ToyTask
+
+
+def register_toy(backbone_cls, task_cls):
+    """Register a synthetic backbone (project registry) and task model (root registry) for a test."""
+    from mmengine.registry import MODELS as ROOT_MODELS
+
+    from projects.allinone.registry import MODELS
+    MODELS.register_module(module=backbone_cls, force=True)
+    ROOT_MODELS.register_module(module=task_cls, force=True)

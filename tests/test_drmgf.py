@@ -8,9 +8,10 @@ import os.path as osp
 
 import pytest
 import torch
-from mmengine.model import BaseModel, BaseModule
-from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.model import BaseModule
 from torch import nn
+
+from conftest import register_toy, toy_task_base
 
 
 class DRMGFToyBackbone(BaseModule):
@@ -27,7 +28,7 @@ class DRMGFToyBackbone(BaseModule):
         return (self.fc(h), )
 
 
-class DRMGFToyTask(BaseModel):
+class DRMGFToyTask(toy_task_base()):
     """Regression on the shared features; ``used`` = how many of the 8 features the task reads.
     ``grow=True``: the loss wants the magnitude of every feature it reads larger (target far above)."""
 
@@ -50,18 +51,11 @@ class DRMGFToyTask(BaseModel):
     def predict(self, feats, data_samples=None):
         return self.head(feats[0] * self.mask)
 
-    def _forward(self, feats, data_samples=None):
-        return self.predict(feats)
-
-    def forward(self, inputs, data_samples=None, mode='tensor'):
-        return self.loss(inputs) if mode == 'loss' else self.predict(inputs)
 
 
 @pytest.fixture(scope='module')
 def toy(registered):
-    from projects.allinone.registry import MODELS
-    MODELS.register_module(module=DRMGFToyBackbone, force=True)
-    ROOT_MODELS.register_module(module=DRMGFToyTask, force=True)
+    register_toy(DRMGFToyBackbone, DRMGFToyTask)
     return dict(type='AllInOneModel', backbone=dict(type='DRMGFToyBackbone'),
                 tasks=dict(a=dict(type='DRMGFToyTask', used=8, seed=1), b=dict(type='DRMGFToyTask', used=8, seed=2)))
 

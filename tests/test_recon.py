@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.model import BaseModel, BaseModule
+from mmengine.model import BaseModule
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
-from conftest import DEMO_CFG, REPO
+from conftest import DEMO_CFG, REPO, register_toy, toy_task_base
 
 CONFLICT = 'backbone.conf'
 
@@ -31,7 +31,7 @@ class ReconToyBackbone(BaseModule):
         return self.norm(self.other(torch.relu(self.stem(x)))), self.conf(x)
 
 
-class ReconToyTask(BaseModel):
+class ReconToyTask(toy_task_base()):
     """A task model of the AllInOne kind: ``loss`` / ``predict`` on the shared features."""
 
     def __init__(self, sign=1.0, backbone=None, data_preprocessor=None, init_cfg=None):
@@ -52,18 +52,11 @@ class ReconToyTask(BaseModel):
         a, c = self._features(feats)
         return self.head(a) + c.sum(-1, keepdim=True)
 
-    def _forward(self, feats, data_samples=None):
-        return self.predict(feats)
-
-    def forward(self, inputs, data_samples=None, mode='tensor'):
-        return self.loss(inputs) if mode == 'loss' else self.predict(inputs)
 
 
 @pytest.fixture(scope='module')
 def toy(registered):
-    from projects.allinone.registry import MODELS
-    MODELS.register_module(module=ReconToyBackbone, force=True)
-    ROOT_MODELS.register_module(module=ReconToyTask, force=True)
+    register_toy(ReconToyBackbone, ReconToyTask)
     return dict(type='AllInOneModel', backbone=dict(type='ReconToyBackbone'),
                 tasks=dict(a=dict(type='ReconToyTask', sign=1.0), b=dict(type='ReconToyTask', sign=-1.0)))
 

@@ -30,14 +30,12 @@ the shared parameters (the deltas) and one of the task parameters (each task's p
 ``2 T`` importance-sized tensors (``v``, ``alpha``) and their Adam moments (``4 T`` more).
 :meth:`DRMGF.memory_report` gives the numbers for a model.
 """
-import logging
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from mmengine.logging import print_log
 from torch import Tensor, nn
 
 EPS = 1e-12
@@ -407,7 +405,3 @@ def _allreduce_grads(params: List[Tensor]) -> None:
     for p, g in zip(params, grads):
         p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
         offset += g.numel()
-
-
-def log_warning(msg: str) -> None:
-    print_log(msg, logger='current', level=logging.WARNING)
