@@ -158,10 +158,12 @@ def plot(results, tasks, path):
     panels = tasks + ['A']
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
     for ax, t in zip(axes[0], panels):
-        for method, (_, history, _) in results.items():
+        for i, (method, (_, history, _)) in enumerate(results.items()):
             xs = [h['iter'] for h in history if f'leaderboard/{t}' in h]
             ys = [h[f'leaderboard/{t}'] for h in history if f'leaderboard/{t}' in h]
-            ax.plot(xs, ys, marker='o', ms=3, label=method)
+            # 10 colours, then the same colours dashed (more than 10 methods would repeat a line's look)
+            ax.plot(xs, ys, marker='o', ms=3, color=f'C{i % 10}', ls=('-', '--', ':', '-.')[i // 10 % 4],
+                    label=method)
         ax.set_title('leaderboard A' if t == 'A' else t)
         ax.set_xlabel('iteration')
         ax.grid(alpha=0.3)
