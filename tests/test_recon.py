@@ -119,6 +119,9 @@ def test_search_ranks_the_conflicting_layer_first(toy, tmp_path):
             assert rank_layers(report, S, score)[0]['name'] == CONFLICT
     assert all(r['conflicts'] == 0 for r in rank_layers(report, -1.0))
     assert all(r['conflicts'] == r['observations'] for r in rank_layers(report, 1.0))
+    from projects.allinone.engine.hooks.recon_search_hook import format_ranking
+    assert CONFLICT in format_ranking(report, top=1).splitlines()[2]
+    assert len(format_ranking(report, top=0).splitlines()) == 2  # header only (the tool's --top 0)
 
 
 def test_every_shared_parameter_is_in_exactly_one_scored_layer(toy, registered):

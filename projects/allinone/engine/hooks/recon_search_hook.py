@@ -257,8 +257,9 @@ def format_ranking(report: dict, top: int = 20, threshold: Optional[float] = Non
                    score: Optional[str] = None) -> str:
     """The top layers as a markdown table."""
     score = score or report.get('score', 'raw')
-    ranked = rank_layers(report, threshold, score)[:top]
-    S = ranked[0]['threshold'] if ranked else threshold
+    ranked = rank_layers(report, threshold, score)
+    S = ranked[0]['threshold'] if ranked else (threshold if threshold is not None else report.get('threshold', 0.0))
+    ranked = ranked[:max(0, top)]
     lines = [f'| rank | layer | type | params | conflicts (cos < {S:g}) | fraction | chance | normalized |',
              '|---:|---|---|---:|---:|---:|---:|---:|']
     for r in ranked:
