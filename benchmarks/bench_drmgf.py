@@ -92,7 +92,7 @@ def main():
             ratios.append(times['drmgf'][-1] / times['vanilla'][-1])
         mode = 'gated' if gated else 'frozen'
         res[mode] = dict(step_ratio=statistics.median(ratios), vanilla_step_s=statistics.median(times['vanilla']),
-                         drmgf_step_s=statistics.median(times['drmgf']))
+                         drmgf_step_s=statistics.median(times['drmgf']), ratios=ratios, times=times)
         print(f"{mode}: DR-MGF {res[mode]['drmgf_step_s']:.3f} s per training step (meta and fusion included) "
               f"vs vanilla {res[mode]['vanilla_step_s']:.3f} s: x{res[mode]['step_ratio']:.3f}", flush=True)
     mem = res['memory_mb']
