@@ -205,6 +205,28 @@ def test_meta_learning_moves_the_coefficients_towards_the_better_update(toy):
         assert a.mean() > b.mean(), n
 
 
+@pytest.mark.parametrize('aggregator', [dict(type='SumAggregator'), dict(type='PCGradAggregator')])
+def test_a_pass_weights_the_other_tasks_at_aux_weight_through_any_aggregator(toy, aggregator):
+    """In task a's pass b's loss enters the optim wrapper at 0.5: its shared gradient norm is half of
+    what it is in b's own pass from the same weights and batch (with the config's aggregator)."""
+    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+    model = build(toy)
+    wrapper = MultiTaskOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.05), aggregator=aggregator)
+    d = DRMGF(model)
+    model.train()
+    d.begin_round(model)
+    norms = {}
+    for t in ('a', 'b'):
+        d.restore_start(model)
+        with d.task_pass(model, t, gated=True):
+            model.train_step(batches(0), wrapper)
+        norms[t] = dict(wrapper.last_stats)
+    assert model.task_loss_weights == {'a': 1.0, 'b': 1.0}  # restored after the pass
+    assert norms['a']['b.grad_norm'] == pytest.approx(0.5 * norms['b']['b.grad_norm'], rel=1e-3)
+    assert norms['b']['a.grad_norm'] == pytest.approx(0.5 * norms['a']['a.grad_norm'], rel=1e-3)
+
+
 # ---------------------------------------------------------------------- gated forward
 def test_gated_forward_trains_the_importances_only_while_gating(toy):
     from projects.allinone.engine.drmgf import DRMGF
