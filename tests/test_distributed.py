@@ -427,7 +427,10 @@ def test_kill_resume_and_distributed_validation(registered, demo_data, tmp_path)
     config = write_config(tmp_path / 'small.py', demo_data)
     full = launch(config, full_dir, extra=['--cfg-options', f"val_cfg.submission.out={tmp_path / 'sub_dist.json'}",
                                            'val_cfg.submission.keys.det=dec'])
-    cut = launch(config, cut_dir)
+    # every checkpoint kept: on a loaded machine the kill may land while iteration 3 is saved, after
+    # the default max_keep_ckpts=2 has already removed iter_1.pth (the fallback is then iter_2.pth)
+    keep_all = ['--cfg-options', 'default_hooks.checkpoint.max_keep_ckpts=-1']
+    cut = launch(config, cut_dir, extra=keep_all)
     pointer = cut_dir / 'last_checkpoint'
     deadline = time.time() + 240
     while time.time() < deadline and cut.poll() is None:
@@ -444,14 +447,15 @@ def test_kill_resume_and_distributed_validation(registered, demo_data, tmp_path)
     while time.time() < deadline and any(alive(w) for w in workers):
         time.sleep(0.2)
     assert not any(alive(w) for w in workers), 'workers outlived their killed launcher'
-    assert not (cut_dir / 'iter_3.pth').exists()
     newest = pointer.read_text().strip()
+    n = int(osp.basename(newest)[len('iter_'):-len('.pth')])  # 2, or 3 if the kill came that late
+    assert n in (2, 3) and not (cut_dir / f'iter_{n + 1}.pth').exists()
     data = open(newest, 'rb').read()
     with open(newest, 'wb') as f:  # as if the kill had landed while this file was written
         f.write(data[:len(data) // 2])
 
     assert finish(full, 300, 'the uninterrupted run') == 0, read_log(full)[-3000:]
-    resumed = launch(config, cut_dir, extra=['--resume'], log=f'{cut_dir}_resumed.log')
+    resumed = launch(config, cut_dir, extra=['--resume', *keep_all], log=f'{cut_dir}_resumed.log')
     # meanwhile, one process tests the uninterrupted run's final weights (the reference below)
     one = subprocess.Popen([sys.executable, osp.join(REPO, 'tools', 'test.py'), config, str(full_dir / 'iter_3.pth'),
                             '--work-dir', str(tmp_path / 'one'), '--submit', str(tmp_path / 'sub_one.json')],
@@ -462,8 +466,9 @@ def test_kill_resume_and_distributed_validation(registered, demo_data, tmp_path)
         log = f.read()
     assert rc == 0, log[-3000:]
     assert f'skipping checkpoint {newest}' in log and 'truncated' in log
-    assert 'previous whole checkpoint' in log and 'iter_1.pth' in log
-    assert 'Iter(train) [2/3]' in log and 'Iter(train) [1/3]' not in log  # resumed at iteration 1
+    assert 'previous whole checkpoint' in log and f'iter_{n - 1}.pth' in log
+    # resumed at iteration n - 1: its next iteration is n, the ones before are not run again
+    assert f'Iter(train) [{n}/3]' in log and f'Iter(train) [{n - 1}/3]' not in log
     want, got = state_dict(full_dir / 'iter_3.pth'), state_dict(cut_dir / 'iter_3.pth')
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
