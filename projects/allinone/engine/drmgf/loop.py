@@ -47,9 +47,9 @@ class DRMGFStateHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('drmgf')
         if state is None:
-            print_log('the resumed checkpoint has no DR-MGF state (not a DR-MGF run): importances start '
-                      'from its weights and a new round starts at its iteration', logger='current',
-                      level=logging.WARNING)
+            print_log('the loaded checkpoint has no DR-MGF state (not saved by a DR-MGF run): the importances '
+                      'start from its weights, and a resumed run starts a new round at its iteration',
+                      logger='current', level=logging.WARNING)
             return
         self.loop.drmgf.load_checkpoint_state(state)
         self.loop.state_loaded = True
