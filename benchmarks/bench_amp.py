@@ -16,10 +16,7 @@ each and the median of the per-step ratios amp / fp32.
 """
 import argparse
 import copy
-import json
-import os
 import os.path as osp
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,7 +26,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from bench_tbgc import build_demo  # noqa: E402
+from bench_tbgc import build_demo, cpu_machine, write_result  # noqa: E402
 
 ARMS = ('fp32', 'amp')
 
@@ -87,11 +84,8 @@ def main():
     if device == 'cuda':
         res['machine'] = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__)
     else:
-        res['machine'] = dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
-                              threads=args.threads, torch=torch.__version__)
-    os.makedirs(osp.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(res, f, indent=1)
+        res['machine'] = cpu_machine(threads=args.threads, torch=torch.__version__)
+    write_result(res, args.out)
     print(f"device {device}; amp = {settings['amp']}")
     print('| arm | median step (s) | step time / fp32 |')
     print('|---|---|---|')

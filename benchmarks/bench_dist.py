@@ -20,9 +20,7 @@ the demo config. The two arms alternate step by step (shared noise); per arm and
 """
 import argparse
 import json
-import os
 import os.path as osp
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,7 +31,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from bench_tbgc import build_demo  # noqa: E402
+from bench_tbgc import build_demo, cpu_machine, write_result  # noqa: E402
 
 MODES = ('exact', 'approximate')
 
@@ -159,12 +157,10 @@ def main():
         with open(out_file) as f:
             res = json.load(f)
     import torch
-    res['machine'] = dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), processes=2,
-                          threads_per_process=args.threads, backend='gloo', torch=torch.__version__)
+    res['machine'] = cpu_machine(processes=2, threads_per_process=args.threads, backend='gloo',
+                                 torch=torch.__version__)
     res['steps'] = args.steps
-    os.makedirs(osp.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(res, f, indent=1)
+    write_result(res, args.out)
     mb = 2 ** 20
     print(f"parameters: shared {res['params']['shared'] * 4 / mb:.1f} MB, "
           + ', '.join(f"{t} {n * 4 / mb:.1f} MB" for t, n in res['params'].items() if t != 'shared')

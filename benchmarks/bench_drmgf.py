@@ -13,10 +13,7 @@ Memory: what DR-MGF stores besides the model (``DRMGF.memory_report``).
 """
 import argparse
 import copy
-import json
-import os
 import os.path as osp
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,7 +23,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from bench_tbgc import build  # noqa: E402
+from bench_tbgc import build, cpu_machine, write_result  # noqa: E402
 
 
 def vanilla_round(model, wrapper, batch, steps):
@@ -76,8 +73,7 @@ def main():
     T, K = len(drmgf.tasks), args.round_iters
     res = dict(T=T, round_iters=K, meta_iters=K, memory_mb=drmgf.memory_report(models['drmgf']),
                layers=len(drmgf.layer_names),
-               machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads,
-                            cores=os.cpu_count()))
+               machine=cpu_machine(threads=args.threads))
     vanilla_round(models['vanilla'], wrappers['vanilla'], batch, 2)  # warm-up
     for gated in (True, False):
         ratios, times = [], dict(vanilla=[], drmgf=[])
@@ -99,9 +95,7 @@ def main():
     print(f"DR-MGF stores besides the model: start copy {mem['start_copy_mb']:.1f} MB, task deltas "
           f"{mem['task_deltas_mb']:.1f} MB, importances + coefficients {mem['importance_and_alpha_mb']:.1f} MB, "
           f"their Adam moments {mem['optimizer_moments_mb']:.1f} MB")
-    os.makedirs(osp.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(res, f, indent=1)
+    write_result(res, args.out)
 
 
 if __name__ == '__main__':

@@ -18,9 +18,7 @@ that brings its own training loop (``train_cfg`` type) is skipped: one wrapper s
 import argparse
 import copy
 import json
-import os
 import os.path as osp
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,7 +28,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from bench_tbgc import build, peak_step_memory_mb, step  # noqa: E402
+from bench_tbgc import build, cpu_machine, peak_step_memory_mb, step, write_result  # noqa: E402
 
 DEFAULT_METHODS = ('vanilla', 'tbgc', 'maxgnr', 'pcgrad', 'cagrad', 'mgda', 'nashmtl', 'imtl', 'gradvac',
                    'aligned', 'uw', 'dwa', 'gradnorm', 'rlw', 'famo', 'tbgc+pcgrad')
@@ -118,8 +116,7 @@ def measure(methods, data, steps=10, warmup=2, threads=2, memory=True, context=N
                                            stderr=subprocess.DEVNULL)
             mem[a] = json.loads(outp.decode().strip().splitlines()[-1])['peak_mb']
     return dict(speed=speed, peak_tensor_mb=mem, shared_params=n_shared, steps=steps, skipped=skipped,
-                context=context, machine=dict(cpu=platform.processor() or platform.machine(), threads=threads,
-                                              cores=os.cpu_count()))
+                context=context, machine=cpu_machine(threads=threads))
 
 
 def table(res, methods):
@@ -157,9 +154,7 @@ def main():
     context = dict(recon_report=osp.abspath(args.recon_report)) if args.recon_report else {}
     res = measure(args.methods, args.data, args.steps, args.warmup, args.threads, memory=not args.no_memory,
                   context=context)
-    os.makedirs(osp.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(res, f, indent=1)
+    write_result(res, args.out)
     print(f"shared (backbone) parameters: {res['shared_params']:,}; T = 3; {args.steps} interleaved steps")
     print(table(res, args.methods))
     for m, why in res['skipped'].items():

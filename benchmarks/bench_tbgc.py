@@ -113,6 +113,18 @@ def run_speed(args):
     return dict(speed=out, shared_param_mb=shared / 2**20)
 
 
+def cpu_machine(**extra) -> dict:
+    """What a result file says of the CPU machine it was measured on (plus ``extra`` settings)."""
+    return dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), **extra)
+
+
+def write_result(res: dict, path: str) -> None:
+    """Write a benchmark's result dict as JSON, creating its folder."""
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(res, f, indent=1)
+
+
 def peak_step_memory_mb(model, wrapper, batch) -> float:
     """Peak of the profiler's memory timeline (all live CPU tensors) over one step, after 2 warm-ups."""
     import tempfile
@@ -159,12 +171,9 @@ def main():
         mem[arm] = json.loads(outp.decode().strip().splitlines()[-1])['peak_mb']
     res['peak_tensor_mb'] = mem
     res['extra_over_vanilla_mb'] = {a: mem[a] - mem['vanilla'] for a in ARMS}
-    res['machine'] = dict(cpu=platform.processor() or platform.machine(), threads=args.threads,
-                          cores=os.cpu_count())
+    res['machine'] = cpu_machine(threads=args.threads)
     res['steps'] = args.steps
-    os.makedirs(osp.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(res, f, indent=1)
+    write_result(res, args.out)
     print(f"shared (backbone) parameters: {res['shared_param_mb']:.1f} MB")
     print("| arm | median step (s) | step time / vanilla | peak tensor memory (MB) | extra over vanilla (MB) |")
     print('|---|---|---|---|---|')
