@@ -98,6 +98,7 @@ class DRMGF(nn.Module):
         self.layer_names = self._select_layers(model, layers, shared_ids)
         modules = dict(model.named_modules())
         self._modules_by_name = OrderedDict((n, modules[n]) for n in self.layer_names)
+        self._fused_keys = {f'{n}.weight': n for n in self.layer_names}  # state key -> chosen layer
         # v and alpha: ParameterDicts keyed '<task>/<layer with dots as colons>'
         self.importance = nn.ParameterDict()
         self.alpha = nn.ParameterDict()
@@ -179,11 +180,14 @@ class DRMGF(nn.Module):
             out.append(v / (v.sum(dim=1, keepdim=True) + EPS) * self.alpha[self._key(t, layer)].abs())
         return out
 
-    def fused_weight(self, layer: str, start: Tensor, deltas: Dict[str, Tensor]) -> Tensor:
-        tasks = list(deltas)
+    def fused_weight(self, layer: str) -> Tensor:
+        """``W0 + sum_t pi_t D_t / sum_t pi_t`` of a chosen layer from the recorded passes."""
+        key = f'{layer}.weight'
+        start = self.start[key]
+        tasks = list(self.pass_ends)
         pis = self.fusion_coefficients(layer, tasks)
         total = sum(pis)
-        upd = sum(_expand(pi, start).to(start.dtype) * deltas[t] for t, pi in zip(tasks, pis))
+        upd = sum(_expand(pi, start).to(start.dtype) * self.pass_ends[t][key] for t, pi in zip(tasks, pis))
         return start + upd / _expand(total, start).to(start.dtype).clamp_min(EPS)
 
     def _pre_hook(self, layer: str):
@@ -195,9 +199,7 @@ class DRMGF(nn.Module):
             elif self.mode == 'fuse':
                 w = module._parameters['weight']
                 module.__dict__['_drmgf_weight'] = w
-                key = f'{layer}.weight'
-                module._parameters['weight'] = self.fused_weight(
-                    layer, self.start[key], {t: d[key] for t, d in self.pass_ends.items()})
+                module._parameters['weight'] = self.fused_weight(layer)
         return hook
 
     @staticmethod
@@ -213,9 +215,6 @@ class DRMGF(nn.Module):
         self._handles = []
 
     # ------------------------------------------------------------------ rounds
-    def _group(self, name: str, p: Tensor) -> Optional[str]:
-        return self._owner.get(id(p))
-
     def begin_round(self, model: nn.Module) -> None:
         """Remember ``W0``, the common start of the round's task-dominant passes."""
         self.start = OrderedDict((n, t.detach().clone()) for n, t in model.state_dict(keep_vars=True).items())
@@ -247,12 +246,11 @@ class DRMGF(nn.Module):
         end = OrderedDict()
         with torch.no_grad():
             for n, t in model.state_dict(keep_vars=True).items():
-                owner = self._group(n, params[n]) if n in params else None
-                layer = n[:-len('.weight')] if n.endswith('.weight') else None
+                owner = self._owner.get(id(params[n])) if n in params else None
                 if owner == 'shared':
                     w = t.detach()
-                    if gated and layer in self._modules_by_name:
-                        w = self.effective_weight(layer, w, task)
+                    if gated and n in self._fused_keys:
+                        w = self.effective_weight(self._fused_keys[n], w, task)
                     end[n] = w - self.start[n]
                 elif owner == task:
                     end[n] = t.detach().clone()
@@ -269,10 +267,9 @@ class DRMGF(nn.Module):
         with torch.no_grad():
             for n, t in state.items():
                 if n in params:
-                    owner = self._group(n, params[n])
+                    owner = self._owner.get(id(params[n]))
                     if owner == 'shared':
-                        layer = n[:-len('.weight')] if n.endswith('.weight') else None
-                        if layer not in self._modules_by_name:
+                        if n not in self._fused_keys:
                             t.copy_(self.start[n] + sum(ends[u][n] for u in tasks) / len(tasks))
                     elif owner in ends:
                         t.copy_(ends[owner][n])
@@ -337,10 +334,8 @@ class DRMGF(nn.Module):
                     a.mul_(1 - self.alpha_ema).add_(b, alpha=self.alpha_ema)
         with torch.no_grad():
             state = model.state_dict(keep_vars=True)
-            for layer in self.layer_names:
-                key = f'{layer}.weight'
-                state[key].copy_(self.fused_weight(layer, self.start[key],
-                                                   {t: d[key] for t, d in self.pass_ends.items()}))
+            for key, layer in self._fused_keys.items():
+                state[key].copy_(self.fused_weight(layer))
         self.start, self.pass_ends = None, OrderedDict()
         return dict(meta_loss=sum(losses) / len(losses) if losses else float('nan'))
 
