@@ -89,3 +89,13 @@ def register_toy(backbone_cls, task_cls):
     from projects.allinone.registry import MODELS
     MODELS.register_module(module=backbone_cls, force=True)
     ROOT_MODELS.register_module(module=task_cls, force=True)
+
+
+@pytest.fixture(scope='session')
+def challenge_tree(tmp_path_factory):
+    """A small tree in the challenge layout with the real files' quirks (``tests/challenge_tree.py``):
+    ``.train_root`` is a ``data_root`` for ``configs/_base_/datasets/track1.py``, ``.test_root`` the
+    unlabeled test split. Written once per session: do not modify it (build your own with
+    ``make_challenge_tree`` for that)."""
+    from challenge_tree import make_challenge_tree
+    return make_challenge_tree(str(tmp_path_factory.mktemp('challenge_tree')))
