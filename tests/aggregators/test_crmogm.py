@@ -42,6 +42,8 @@ def test_refuses_methods_without_row_weights():
             CRMOGMAggregator(method=dict(type=name))
     with pytest.raises(ValueError, match='alpha'):
         CRMOGMAggregator(alpha=1.5)
+    with pytest.raises(ValueError, match="method: unknown aggregator 'MGDA'"):
+        CRMOGMAggregator(method=dict(type='MGDA'))
 
 
 def test_state_round_trip_and_missing_task():

@@ -77,6 +77,8 @@ def test_bad_arguments_name_the_argument():
                         (dict(seed=1.5), 'seed')):
         with pytest.raises(ValueError, match=arg):
             GradDropAggregator(**kwargs)
+    with pytest.raises(ValueError, match=r"leak names tasks \['sge'\]"):
+        GradDropAggregator(leak=dict(sge=0.5)).bind(['det', 'seg'])
 
 
 def test_through_the_optim_wrapper():

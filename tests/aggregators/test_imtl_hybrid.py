@@ -57,7 +57,8 @@ def test_state_round_trip_and_missing_task():
 
 
 def test_bad_arguments_name_the_argument():
-    for kwargs, arg in ((dict(lr=0), 'lr'), (dict(optimizer='rmsprop'), 'optimizer'), (dict(init=float('nan')), 'init')):
+    for kwargs, arg in ((dict(lr=0), 'lr'), (dict(optimizer='rmsprop'), 'optimizer'),
+                        (dict(init=float('nan')), 'init')):
         with pytest.raises(ValueError, match=arg):
             IMTLAggregator(**kwargs)
 

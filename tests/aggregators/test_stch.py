@@ -71,8 +71,8 @@ def test_state_round_trip():
 
 
 def test_bad_arguments_name_the_argument():
-    for kwargs, arg in ((dict(mu=0), 'mu'), (dict(warmup=1, nadir_steps=2), 'warmup'), (dict(nadir_steps=0), 'nadir_steps'),
-                        (dict(eps=-1), 'eps')):
+    for kwargs, arg in ((dict(mu=0), 'mu'), (dict(warmup=1, nadir_steps=2), 'warmup'),
+                        (dict(nadir_steps=0), 'nadir_steps'), (dict(eps=-1), 'eps')):
         with pytest.raises(ValueError, match=arg):
             STCHAggregator(**kwargs)
 

@@ -81,6 +81,8 @@ def test_bad_arguments_name_the_argument():
         UPGradAggregator(reg_eps=-1)
     with pytest.raises(ValueError, match=r"pref\['a'\]"):
         UPGradAggregator(pref=dict(a=-1.0))
+    with pytest.raises(ValueError, match=r"pref names tasks \['dett'\]"):   # a typo would do nothing silently
+        UPGradAggregator(pref=dict(dett=2.0)).bind(['det', 'seg'])
 
 
 def test_through_the_optim_wrapper():

@@ -6,7 +6,7 @@ import numpy as np
 
 from ...registry import AGGREGATORS
 from .gramian import GramianAggregator
-from .upgrad import check_preference
+from .upgrad import check_named_tasks, check_preference
 
 
 @AGGREGATORS.register_module()
@@ -40,6 +40,10 @@ class ConFIGAggregator(GramianAggregator):
         if not (isinstance(rcond, (int, float)) and math.isfinite(rcond) and 0 <= rcond < 1):
             raise ValueError(f'ConFIGAggregator.rcond must lie in [0, 1), got {rcond!r}')
         self.rcond = float(rcond)
+
+    def bind(self, tasks):
+        super().bind(tasks)
+        check_named_tasks('ConFIGAggregator', 'pref', self.pref, self.tasks)
 
     def weights_from_gram(self, K, losses, tasks):
         w = np.zeros(len(K))

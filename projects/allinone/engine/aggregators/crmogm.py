@@ -41,7 +41,11 @@ class CRMOGMAggregator(GradAggregator):
         super().__init__(tasks)
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0 <= alpha <= 1):
             raise ValueError(f'CRMOGMAggregator.alpha must lie in [0, 1], got {alpha!r}')
-        self.method = build_aggregator(method)
+        try:
+            self.method = build_aggregator(method)
+        except (TypeError, KeyError) as err:
+            reason = err.args[0] if isinstance(err, KeyError) and err.args else err   # KeyError quotes its text
+            raise ValueError(f'CRMOGMAggregator.method: {reason}') from err
         if not getattr(self.method, 'combines_rows', True):
             raise ValueError(f'CRMOGMAggregator.method: {type(self.method).__name__} does not return weights @ grads '
                              '(its update holds momentum or a coordinate-wise mask): nothing to average')

@@ -5,7 +5,7 @@ from typing import Dict, Optional
 from ...registry import AGGREGATORS
 from ._dual_cone import project_weights
 from .gramian import GramianAggregator
-from .upgrad import check_preference, preference
+from .upgrad import check_named_tasks, check_preference, preference
 
 
 @AGGREGATORS.register_module()
@@ -35,6 +35,10 @@ class DualProjAggregator(GramianAggregator):
         if not (isinstance(reg_eps, (int, float)) and math.isfinite(reg_eps) and reg_eps >= 0):
             raise ValueError(f'DualProjAggregator.reg_eps must be a finite number >= 0, got {reg_eps!r}')
         self.reg_eps = float(reg_eps)
+
+    def bind(self, tasks):
+        super().bind(tasks)
+        check_named_tasks('DualProjAggregator', 'pref', self.pref, self.tasks)
 
     def weights_from_gram(self, K, losses, tasks):
         return project_weights(K, preference(self.pref, tasks), self.reg_eps)

@@ -1,6 +1,6 @@
 """ExcessMTL: task weights from estimated excess risks (He et al., ICML 2024)."""
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,19 +50,23 @@ class ExcessMTLAggregator(GradAggregator):
         self._reference: Dict[str, float] = {}
         self._log_w: Dict[str, float] = {}
 
-    def excess_risk(self, task: str, grad: Tensor) -> float:
-        """Add ``grad^2`` to the task's sums; return ``grad^T diag(1 / sqrt(S + 1e-7)) grad``."""
-        sq = grad.square()
+    def excess_risk(self, task: str, grad: Tensor, scratch: Optional[Tuple[Tensor, Tensor]] = None) -> float:
+        """Add ``grad^2`` to the task's sums; return ``grad^T diag(1 / sqrt(S + 1e-7)) grad``.
+
+        ``scratch``: two buffers shaped as ``grad`` to reuse (no allocation per call)."""
+        sq, inv = scratch if scratch is not None else (torch.empty_like(grad), torch.empty_like(grad))
+        torch.square(grad, out=sq)
         S = self._sq_sum.get(task)
         S = sq.clone() if S is None else S.to(sq).add_(sq)
         self._sq_sum[task] = S
-        return float(torch.dot(sq, S.add(1e-7).rsqrt_()))
+        return float(torch.dot(sq, torch.add(S, 1e-7, out=inv).rsqrt_()))
 
     def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
                   tasks: Optional[Sequence[str]] = None) -> AggregateResult:
         tasks = self.row_tasks(len(grads), tasks)
+        scratch = (torch.empty_like(grads[0]), torch.empty_like(grads[0]))
         for i, t in enumerate(tasks):
-            e = self.excess_risk(t, grads[i])
+            e = self.excess_risk(t, grads[i], scratch)
             ref = self._reference.get(t)
             if ref is None:
                 if e > 0:

@@ -92,11 +92,11 @@ class FairGradAggregator(GramianAggregator):
         max_iter: Newton iterations (default 100).
 
     Solver: damped Newton on the convex problem whose stationarity is the equation
-    (:func:`fair_weights`) instead of the official ``scipy.optimize.least_squares`` from ``1/T``,
-    which can stop early without saying so. When there is no solution (zero is a non-negative
-    combination of the gradients) or the solver does not reach ``tol``: a warning, ``fallbacks`` is
-    incremented (kept in the state dict, logged as ``aggregator.fallbacks``) and the last good ``w``
-    of each task is used (1 for a task that has none), as this project's Nash-MTL.
+    (:func:`fair_weights`) instead of the official ``scipy.optimize.least_squares`` from ``1/T``, whose
+    result the official code uses without checking convergence. When there is no solution (zero is a
+    non-negative combination of the gradients) or the solver does not reach ``tol``: a warning,
+    ``fallbacks`` is incremented (kept in the state dict, logged as ``aggregator.fallbacks``) and the
+    last good ``w`` of each task is used (1 for a task that has none), as this project's Nash-MTL.
 
     Departures: a task whose shared gradient is exactly zero has no utility: it is left out of the
     equation and gets weight 0.
@@ -121,7 +121,7 @@ class FairGradAggregator(GramianAggregator):
         self.fallbacks = 0
         self._last: Dict[str, float] = {}   # last good w per task name
 
-    def fair_weights(self, K: np.ndarray, tasks) -> np.ndarray:
+    def solution(self, K: np.ndarray, tasks) -> np.ndarray:
         """The solution ``w`` of the fairness equation (0 for a zero gradient), or the fallback."""
         w = np.zeros(len(K))
         active = np.flatnonzero(np.diag(K) > 0)
@@ -141,7 +141,7 @@ class FairGradAggregator(GramianAggregator):
         return w
 
     def weights_from_gram(self, K, losses, tasks):
-        weights = len(K) * self.fair_weights(K, tasks)
+        weights = len(K) * self.solution(K, tasks)
         if self.max_norm > 0:
             norm = math.sqrt(max(float(weights @ K @ weights), 0.0))
             weights = weights * min(1.0, self.max_norm / (norm + 1e-6))

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ...registry import AGGREGATORS
 from .base import AggregateResult, GradAggregator
+from .upgrad import check_named_tasks
 
 
 @AGGREGATORS.register_module()
@@ -59,6 +60,11 @@ class GradDropAggregator(GradAggregator):
         self.seed = seed
         self._step = 0
 
+    def bind(self, tasks):
+        super().bind(tasks)
+        if isinstance(self.leak, dict):
+            check_named_tasks('GradDropAggregator', 'leak', self.leak, self.tasks)
+
     def _leak(self, task: str) -> float:
         return float(self.leak.get(task, 0.0) if isinstance(self.leak, dict) else self.leak)
 
@@ -77,28 +83,31 @@ class GradDropAggregator(GradAggregator):
                   tasks: Optional[Sequence[str]] = None) -> AggregateResult:
         tasks = self.row_tasks(len(grads), tasks)
         T, n = grads.shape
-        keep = torch.tensor([1.0 - self._leak(t) for t in tasks], dtype=grads.dtype, device=grads.device)
-        S, Sk = grads.sum(0), keep @ grads
-        A, Ak = torch.zeros_like(S), torch.zeros_like(S)
-        for i in range(T):  # row by row: no (T, n) temporary
-            a = grads[i].abs()
-            A += a
-            Ak.add_(a, alpha=float(keep[i]))
-        P = (S / A.clamp_min(torch.finfo(A.dtype).tiny)).add_(1).mul_(0.5)
-        U = self.uniform(n, grads)
-        self._step += 1
-        pos, neg = P > U, P < U
-        grad = torch.where(pos, (Sk + Ak) * 0.5, torch.where(neg, (Sk - Ak) * 0.5, torch.zeros_like(Sk)))
-        leaked = [i for i, t in enumerate(tasks) if self._leak(t) > 0]
-        if leaked:
-            grad += (1 - keep[leaked]) @ grads[leaked]
-        kept = torch.empty(T, dtype=torch.float64)
+        leaks = [self._leak(t) for t in tasks]
+        S = grads.sum(0)
+        buf = torch.empty_like(S)                       # one reused n-sized scratch buffer
+        A = torch.zeros_like(S)                         # sum_t |g_t|
+        Ak = A if not any(leaks) else torch.zeros_like(S)
         for i in range(T):
-            g = grads[i]
-            mask = (pos & (g > 0)) | (neg & (g < 0))
-            kept_i = torch.where(mask, g, g * (1 - keep[i]))
-            norm = float(torch.linalg.vector_norm(g))
-            kept[i] = float(torch.linalg.vector_norm(kept_i)) / norm if norm > 0 else 0.0
+            torch.abs(grads[i], out=buf)
+            A += buf
+            if Ak is not A:
+                Ak.add_(buf, alpha=1.0 - leaks[i])
+        Sk = S if Ak is A else torch.tensor([1.0 - x for x in leaks], dtype=grads.dtype, device=grads.device) @ grads
+        # sgn_j = sign(P_j - U_j): +1 keeps the positive components, -1 the negative ones, 0 (P = U) none;
+        # P = (1 + S / A) / 2 with 0 / 0 (every task zero there) -> P = 1/2
+        sgn = torch.div(S, A).nan_to_num_(0.0).add_(1).mul_(0.5).sub_(self.uniform(n, grads)).sign_()
+        self._step += 1
+        # kept positive part (Sk + Ak) / 2 where sgn = 1, negative part (Sk - Ak) / 2 where sgn = -1
+        grad = Sk.mul_(torch.abs(sgn, out=buf)).addcmul_(sgn, Ak).mul_(0.5)   # S is not needed any more
+        if any(leaks):
+            grad += torch.tensor(leaks, dtype=grads.dtype, device=grads.device) @ grads
+        norms2 = (torch.linalg.vector_norm(grads, dim=1).double() ** 2).tolist()
+        kept = torch.empty(T, dtype=torch.float64)
+        for i in range(T):  # |kept_i|^2 = l^2 |g_i|^2 + (1 - l^2) |g_i on its kept coordinates|^2
+            on_kept = float(torch.linalg.vector_norm(torch.mul(grads[i], sgn, out=buf).clamp_min_(0))) ** 2
+            total, leak = norms2[i], leaks[i]       # kept coordinates: sgn_j g_ij > 0
+            kept[i] = math.sqrt(leak ** 2 * total + (1 - leak ** 2) * on_kept) / math.sqrt(total) if total > 0 else 0.0
         return AggregateResult(grad=grad, weights=kept.to(grads.dtype), head_scales=torch.ones(T, dtype=grads.dtype))
 
     def state_dict(self):

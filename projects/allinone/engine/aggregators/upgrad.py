@@ -21,6 +21,13 @@ def check_preference(owner: str, pref: Optional[Dict[str, float]]) -> Optional[D
     return {str(k): float(v) for k, v in pref.items()}
 
 
+def check_named_tasks(owner: str, arg: str, mapping, tasks) -> None:
+    """A ``{task: value}`` argument names only bound tasks (a typo would silently do nothing)."""
+    unknown = sorted(set(mapping or {}) - set(tasks))
+    if unknown:
+        raise ValueError(f'{owner}.{arg} names tasks {unknown} that the model does not have; tasks: {list(tasks)}')
+
+
 def preference(pref: Optional[Dict[str, float]], tasks: List[str]) -> np.ndarray:
     """The preference vector of the rows: ``pref[t] / T`` (tasks not named: 1 / T); the mean by default."""
     pref = pref or {}
@@ -57,6 +64,10 @@ class UPGradAggregator(GramianAggregator):
         if not (isinstance(reg_eps, (int, float)) and math.isfinite(reg_eps) and reg_eps >= 0):
             raise ValueError(f'UPGradAggregator.reg_eps must be a finite number >= 0, got {reg_eps!r}')
         self.reg_eps = float(reg_eps)
+
+    def bind(self, tasks):
+        super().bind(tasks)
+        check_named_tasks('UPGradAggregator', 'pref', self.pref, self.tasks)
 
     def projections(self, K: np.ndarray, tasks: List[str]) -> np.ndarray:
         """``V[i]``: the weights of ``p_i pi(g_i)`` (row i of the returned ``T x T`` matrix)."""
