@@ -117,7 +117,7 @@ def main():
             torch._foreach_add_(acc, per_task[t], alpha=0.5)
 
     def scatter():
-        flat, offset = G[0] * 1.0, 0
+        flat, offset = G[0], 0
         for p in shared:
             flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
             offset += p.numel()

@@ -22,9 +22,11 @@ class GradDropAggregator(GradAggregator):
     uniform draw ``U_j``: if ``P_j > U_j`` the positive components ``g_tj > 0`` are kept and the negative
     ones dropped, if ``P_j < U_j`` the reverse; a task's kept part is
     ``(leak_t + (1 - leak_t) M_tj) g_tj`` and the update is the sum over tasks. A coordinate where all
-    tasks agree is never dropped (``P`` is 0 or 1). Computed from two sums over the tasks: with
-    ``S = sum_t (1 - leak_t) g_t`` and ``A = sum_t (1 - leak_t) |g_t|``, the kept positive part is
-    ``(S + A) / 2`` and the negative ``(S - A) / 2``. Heads get their plain gradients.
+    tasks agree is never dropped (``P`` is 0 or 1). Computed from sums over the tasks, never per task
+    masks: with ``S' = sum_t (1 - leak_t) g_t`` and ``A' = sum_t (1 - leak_t) |g_t|`` the update is
+    ``(S' + A') / 2`` where ``P > U``, ``(S' - A') / 2`` where ``P < U``, plus ``sum_t leak_t g_t``
+    (about ten elementwise passes over the shared gradient and n uniform draws per step). Heads get
+    their plain gradients.
 
     ``weights`` (logged) are the fraction of each task gradient's norm that survives,
     ``|kept_t| / |g_t|``; the update is a coordinate-wise selection, not ``weights @ grads``.
