@@ -67,6 +67,11 @@ def build_models(args, arms):
     return models, batch, model
 
 
+def quartiles(values):
+    """First quartile, median, third quartile (the spread of the per-step ratios)."""
+    return statistics.quantiles(values, n=4) if len(values) > 1 else list(values) * 3
+
+
 def run_speed(args, methods):
     import torch
     torch.set_num_threads(args.threads)
@@ -74,17 +79,23 @@ def run_speed(args, methods):
     models, batch, model = build_models(args, arms)
     wrappers = {a: make_wrapper(a, models[a]) for a in arms}
     times = {a: [] for a in arms}
+    cpu = {a: [] for a in arms}   # process CPU time: what the step cost, whatever else shares the machine
     for i in range(args.warmup + args.steps):
         for a in (arms if i % 2 == 0 else arms[::-1]):
             torch.manual_seed(i)  # RLW / PCGrad draw from the global RNG
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step(models[a], wrappers[a], batch)
             if i >= args.warmup:
                 times[a].append(time.perf_counter() - t0)
+                cpu[a].append(time.process_time() - c0)
     out = {}
     for a in arms:
         ratios = [t / v for t, v in zip(times[a], times['joint'])]
-        out[a] = dict(median_s=statistics.median(times[a]), ratio_to_joint=statistics.median(ratios))
+        cpu_ratios = [t / v for t, v in zip(cpu[a], cpu['joint'])]
+        out[a] = dict(median_s=statistics.median(times[a]), ratio_to_joint=statistics.median(ratios),
+                      ratio_quartiles=quartiles(ratios),
+                      median_cpu_s=statistics.median(cpu[a]), cpu_ratio_to_joint=statistics.median(cpu_ratios),
+                      cpu_ratio_quartiles=quartiles(cpu_ratios))
     shared = sum(p.numel() for _, p in model.shared_parameters())
     return out, shared
 
@@ -120,17 +131,21 @@ def measure(methods, data, steps=10, warmup=2, threads=2, memory=True, context=N
 
 
 def table(res, methods):
-    lines = ['| method | median step (s) | step / joint | extra time vs vanilla | peak tensor memory (MB) |',
-             '|---|---|---|---|---|']
+    lines = ['| method | median step (s) | step / joint | extra time vs vanilla | CPU time / joint '
+             '| extra CPU vs vanilla | peak tensor memory (MB) |',
+             '|---|---|---|---|---|---|---|']
     base = res['speed'].get('vanilla', res['speed']['joint'])['ratio_to_joint']
+    cpu_base = res['speed'].get('vanilla', res['speed']['joint'])['cpu_ratio_to_joint']
     for a in ('joint', ) + tuple(methods):
         if a not in res['speed']:
-            lines.append(f"| {a} | - | - | - | - |")
+            lines.append(f"| {a} | - | - | - | - | - | - |")
             continue
         s = res['speed'][a]
         mem = res['peak_tensor_mb'].get(a)
         lines.append(f"| {a} | {s['median_s']:.3f} | {s['ratio_to_joint']:.3f} | "
-                     f"{100 * (s['ratio_to_joint'] / base - 1):+.1f}% | {'-' if mem is None else f'{mem:.1f}'} |")
+                     f"{100 * (s['ratio_to_joint'] / base - 1):+.1f}% | {s['cpu_ratio_to_joint']:.3f} | "
+                     f"{100 * (s['cpu_ratio_to_joint'] / cpu_base - 1):+.1f}% | "
+                     f"{'-' if mem is None else f'{mem:.1f}'} |")
     return '\n'.join(lines)
 
 

@@ -17,6 +17,20 @@ from .mgda import MGDAAggregator
 from .nashmtl import NashMTLAggregator
 from .pcgrad import PCGradAggregator
 from .chain import ChainAggregator
+from .gramian import GramianAggregator
+from .upgrad import UPGradAggregator
+from .dualproj import DualProjAggregator
+from .fairgrad import FairGradAggregator
+from .config import ConFIGAggregator
+from .crmogm import CRMOGMAggregator
+from .imtl_hybrid import IMTLAggregator
+from .dbmtl import DBMTLAggregator
+from .moco import MoCoAggregator
+from .excessmtl import ExcessMTLAggregator
+from .graddrop import GradDropAggregator
+from .stch import STCHAggregator
+from .gls import GLSAggregator
+from .imtl_l import IMTLLAggregator
 from .presets import (METHOD_CONTEXT, METHOD_PRESETS, MODEL_METHODS, changes_train_loop, method_config_overrides,
                       method_context_keys, method_optim_overrides, split_method)
 
@@ -26,4 +40,7 @@ __all__ = ['AggregateResult', 'GradAggregator', 'LinearAggregator', 'SumAggregat
            'AlignedMTLAggregator', 'CAGradAggregator', 'GradVacAggregator', 'IMTLGAggregator', 'MGDAAggregator',
            'NashMTLAggregator', 'PCGradAggregator', 'ChainAggregator', 'METHOD_PRESETS', 'method_optim_overrides',
            'MODEL_METHODS', 'METHOD_CONTEXT', 'split_method', 'method_config_overrides', 'method_context_keys',
-           'changes_train_loop']
+           'changes_train_loop', 'GramianAggregator', 'UPGradAggregator', 'DualProjAggregator',
+           'FairGradAggregator', 'ConFIGAggregator', 'CRMOGMAggregator', 'IMTLAggregator', 'DBMTLAggregator',
+           'MoCoAggregator', 'ExcessMTLAggregator', 'GradDropAggregator', 'STCHAggregator', 'GLSAggregator',
+           'IMTLLAggregator']

@@ -29,6 +29,22 @@ METHOD_PRESETS: Dict[str, tuple] = {
     'gradvac': (dict(type='GradVacAggregator'), False),
     'aligned': (dict(type='AlignedMTLAggregator'), False),
     'nashmtl': (dict(type='NashMTLAggregator'), False),
+    # Gram-matrix and projection methods
+    'upgrad': (dict(type='UPGradAggregator'), False),
+    'dualproj': (dict(type='DualProjAggregator'), False),
+    'fairgrad': (dict(type='FairGradAggregator'), False),
+    'config': (dict(type='ConFIGAggregator'), False),
+    'crmogm': (dict(type='CRMOGMAggregator'), False),          # EMA of MGDA's weights
+    'imtl_hybrid': (dict(type='IMTLAggregator'), False),       # IMTL-L scales + IMTL-G ('imtl' is IMTL-G alone)
+    # stateful gradient methods
+    'dbmtl': (dict(type='DBMTLAggregator'), False),
+    'moco': (dict(type='MoCoAggregator'), False),
+    'excessmtl': (dict(type='ExcessMTLAggregator'), False),
+    'graddrop': (dict(type='GradDropAggregator'), False),
+    # loss scalarisers (streaming)
+    'stch': (dict(type='STCHAggregator'), False),
+    'gls': (dict(type='GLSAggregator'), False),
+    'imtl_l': (dict(type='IMTLLAggregator'), False),
 }
 
 
