@@ -21,7 +21,7 @@ from .gramian import GramianAggregator
 from .upgrad import UPGradAggregator
 from .dualproj import DualProjAggregator
 from .fairgrad import FairGradAggregator
-from .config import ConFIGAggregator
+from .conflict_free import ConFIGAggregator
 from .crmogm import CRMOGMAggregator
 from .imtl_hybrid import IMTLAggregator
 from .dbmtl import DBMTLAggregator
