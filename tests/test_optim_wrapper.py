@@ -165,6 +165,50 @@ def test_all_tasks_nonfinite_skips_the_step():
     assert not opt.state  # no step taken
 
 
+def gradscaler_scales(steps, overflow_steps, **scaler_kw):
+    """torch's GradScaler alone: one parameter, its gradient inf on the overflow steps (1-based)."""
+    p = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=0.1)
+    scaler = torch.amp.GradScaler('cpu', **scaler_kw)
+    out = []
+    for step in range(1, steps + 1):
+        loss = p.sum() * (float('inf') if step in overflow_steps else 1.0)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        out.append(float(scaler.get_scale()))
+    return out
+
+
+# (growth_interval, steps, {step: tasks whose gradient overflows}); the first two are the review's
+SCALE_PATTERNS = [(1, 3, {2: 'b'}), (3, 6, {2: 'b', 4: 'a'}), (2, 7, {3: 'ab'}), (1, 5, {2: 'a', 3: 'b'}),
+                  (2, 5, {})]
+
+
+@pytest.mark.parametrize('growth_interval,steps,overflows', SCALE_PATTERNS)
+def test_amp_loss_scale_follows_gradscaler(growth_interval, steps, overflows):
+    """Any task overflowing is an overflow of the step for the scale: halve and restart the growth
+    count, never grow on that step; the other tasks still update (all overflowing: no step)."""
+    scaler_kw = dict(init_scale=1024.0, growth_interval=growth_interval)
+    want = gradscaler_scales(steps, set(overflows), **scaler_kw)
+    model = TinyMTL()
+    wrapper = MultiTaskAmpOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01), aggregator=SumAggregator(),
+                                       dtype='bfloat16', loss_scale=scaler_kw)
+    got, updated = [], []
+    for step, batch in enumerate(batches(n=steps), 1):
+        before = params_of(model)
+        run_wrapper(model, wrapper, batch, scales={t: float('inf') for t in overflows.get(step, '')})
+        got.append(float(wrapper.loss_scaler.get_scale()))
+        updated.append(any(not torch.equal(p, q) for p, q in zip(model.parameters(), before)))
+    assert got == want
+    assert updated == [overflows.get(step) != 'ab' for step in range(1, steps + 1)]
+    if growth_interval == 1 and steps == 3:
+        assert got == [2048.0, 1024.0, 2048.0]
+    if growth_interval == 3 and steps == 6:
+        assert got[-1] == 256.0
+
+
 def test_amp_overflow_backs_off_loss_scale():
     model = TinyMTL()
     wrapper = MultiTaskAmpOptimWrapper(sgd(model), aggregator=TBGCAggregator(), dtype='bfloat16')
@@ -281,8 +325,15 @@ def test_cosines_are_logged_on_stats_updates():
     expected = float(rows[0] @ rows[1] / (rows[0].norm() * rows[1].norm()))
     run_wrapper(model, wrapper, batch)  # update 0: a stats update
     assert wrapper.last_stats['cos.a-b'] == pytest.approx(expected, abs=1e-5)
+    assert wrapper.last_stats['cos.iter'] == 1.0  # computed at iteration 1 (1-based, as the log)
     run_wrapper(model, wrapper, batch)  # update 1: streaming, no cosine
-    assert 'cos.a-b' not in wrapper.last_stats
+    assert 'cos.a-b' not in wrapper.last_stats and 'cos.iter' not in wrapper.last_stats
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_current_instance()
+    # the log repeats the latest cosine at iteration 2; cos.iter says it is iteration 1's
+    assert hub.get_scalar('train/cos.iter').current() == 1.0
+    run_wrapper(model, wrapper, batch)  # update 2: a stats update again
+    assert wrapper.last_stats['cos.iter'] == 3.0 and hub.get_scalar('train/cos.iter').current() == 3.0
     # a matrix-path method also logs them only on stats updates
     wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=dict(type='PCGradAggregator'), stats_interval=2)
     run_wrapper(model, wrapper, batch)
@@ -291,6 +342,22 @@ def test_cosines_are_logged_on_stats_updates():
     assert 'cos.a-b' not in wrapper.last_stats
     from mmengine.logging import MessageHub
     assert 'train/cos.a-b' in MessageHub.get_current_instance().log_scalars
+
+
+def test_matrix_path_norms_are_accurate_on_long_rows():
+    """TBGC's matrix path (every stats_interval) measured each task's norm with one float32 norm over
+    the whole row: on rows of 10^7-10^8 entries (a ViT-B backbone: 86M) that comes out low by up to
+    ~1%, so the clipped task reached the backbone above max_norm. Both paths now agree to ~1e-6."""
+    n = 1 << 24
+    G = torch.randn(2, n, generator=torch.Generator().manual_seed(0)) * torch.tensor([[1e-3], [3e-2]])
+    true = torch.linalg.vector_norm(G.double(), dim=1)
+    from projects.allinone.engine.aggregators.base import row_norms
+    torch.testing.assert_close(row_norms(G), true, rtol=1e-5, atol=0)
+    res = TBGCAggregator(max_norm=0.1).aggregate(G, torch.zeros(2))
+    for w, t in zip(res.weights.double(), true):  # each task enters the sum with norm max_norm
+        assert float(w * t) == pytest.approx(0.1, rel=1e-5)
+    from projects.allinone.engine.optim_wrappers.multitask_optim_wrapper import _total_norm
+    assert _total_norm(list(G[0].split(n // 4))) == pytest.approx(float(true[0]), rel=1e-5)
 
 
 def test_linear_aggregate_on_random_matrices():
