@@ -242,6 +242,24 @@ def test_results_do_not_depend_on_the_global_random_state(name):
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize('name', ALL)
+def test_aggregate_does_not_read_the_global_random_state(name):
+    """On gradients where the order of the projections matters (PCGrad, GradVac) and for random
+    weightings (RLW): the same weights whatever the global RNGs hold."""
+    grads = torch.tensor([[1.0, 0, 0], [-1, 1, 0], [-1, -1, 1]], dtype=torch.float64)
+    losses, heads = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    outs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        agg = AGGREGATORS.build(config(name, moving=True))
+        agg.bind(TASKS)
+        outs.append([agg.aggregate(grads * (1 + k), losses, heads, TASKS).weights for k in range(4)])
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
 def test_seeded_randomness_differs_with_the_seed_and_is_saved():
     """PCGrad's order with 3 tasks: a different seed draws differently; the generator is in the state."""
     from projects.allinone.engine.aggregators import PCGradAggregator

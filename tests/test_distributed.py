@@ -106,11 +106,13 @@ def global_batch(step, n, tasks=('seg', 'cls')):
         s = SegDataSample(metainfo=dict(img_shape=(32, 32), ori_shape=(32, 32)))
         s.gt_sem_seg = PixelData(data=torch.randint(0, 3, (1, 32, 32), generator=g))
         seg_ds.append(s)
-    out = dict(seg=dict(inputs=seg_in, data_samples=seg_ds))
-    for task in [t for t in tasks if t != 'seg']:
-        cls_in = [torch.randint(0, 256, (3, 32, 32), generator=g, dtype=torch.uint8) for _ in range(n)]
-        cls_ds = [DataSample().set_gt_label(int(torch.randint(0, 3, (1, ), generator=g))) for _ in range(n)]
-        out[task] = dict(inputs=cls_in, data_samples=cls_ds)
+    cls_in = [torch.randint(0, 256, (3, 32, 32), generator=g, dtype=torch.uint8) for _ in range(n)]
+    labels = [int(torch.randint(0, 3, (1, ), generator=g)) for _ in range(n)]
+    out = dict(seg=dict(inputs=seg_in, data_samples=seg_ds),
+               cls=dict(inputs=cls_in, data_samples=[DataSample().set_gt_label(y) for y in labels]),
+               # cls2: the same images, every label moved by one class: a task in conflict with cls
+               cls2=dict(inputs=[x.clone() for x in cls_in],
+                         data_samples=[DataSample().set_gt_label((y + 1) % 3) for y in labels]))
     return {t: out[t] for t in tasks}
 
 
@@ -324,7 +326,7 @@ REPLICA_ARGS = {
                         dict(steps=[dict(type='RLWAggregator'), dict(type='GradVacAggregator')])],
     'MaxGNRAggregator': [dict(warmup=2, update_interval=1, sketch_dim=64)],  # solves within the steps run
 }
-REPLICA_TASKS, REPLICA_STEPS, REPLICA_B = ('seg', 'cls', 'cls2'), 4, 2
+REPLICA_TASKS, REPLICA_STEPS, REPLICA_B = ('seg', 'cls', 'cls2'), 5, 2
 
 
 def replica_runs():
@@ -350,10 +352,13 @@ def _replica_worker(rank, init_file, out_dir):
                 ddp = MultiTaskDistributedDataParallel(model, mode=mode)
                 ow = MultiTaskOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
                                            aggregator=copy.deepcopy(agg), stats_interval=2)
+                weights = []
                 for step in range(REPLICA_STEPS):
                     full = global_batch(100 + step, WORLD * REPLICA_B, REPLICA_TASKS)
                     ddp.train_step(rank_share(full, rank, REPLICA_B), ow)
+                    weights.append([ow.last_stats[f'{t}.weight'] for t in REPLICA_TASKS])
                 out[key, mode] = {n: p.detach().clone() for n, p in model.named_parameters()}
+                out[key, mode, 'weights'] = weights
         torch.save(out, osp.join(out_dir, f'replicas_{rank}.pt'))
     finally:
         dist.destroy_process_group()
@@ -376,6 +381,8 @@ def test_every_aggregator_keeps_the_replicas_identical(registered, replica_runs_
     assert drift == 0.0, f'{key} ({mode}): the ranks\' parameters differ by up to {drift:.3g}'
     for n in r0[key, mode]:
         assert torch.equal(r0[key, mode][n], r1[key, mode][n]), n
+    if mode == 'exact':  # the same averaged gradients in: the same task weights out, step by step
+        assert r0[key, mode, 'weights'] == r1[key, mode, 'weights']
 
 
 # ---------------------------------------------------------------------------------------- resume helpers
