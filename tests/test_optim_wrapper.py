@@ -1,5 +1,4 @@
 """The per-task gradient optim wrapper and TBGC, checked against hand computations."""
-import copy
 import math
 
 import pytest

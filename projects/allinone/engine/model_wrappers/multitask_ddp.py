@@ -17,7 +17,10 @@ as in one process and hooks a :class:`TaskGradSync` into it:
     every rank; the ones a backward never completes, e.g. holding unused parameters, at its end),
     and the optim wrapper waits for them only when it needs the task's gradients: at the next
     task's ``backward_task`` or at ``update_tasks``. So the all-reduces run during the rest of the
-    task's backward and the next task's forward.
+    task's backward and the next task's forward. As with DDP, a parameter that only some ranks reach
+    in a backward (a data-dependent graph) moves its bucket's launch to the end of the backward on
+    those ranks; should that backward also run collectives of its own (SyncBN), the ranks could pair
+    different collectives.
 
 ``mode='approximate'``
     each task's backward stays local; only ``(||g_t^r||^2, ||h_t^r||^2, loss_t^r)`` is averaged
