@@ -81,7 +81,7 @@ def test_pcgrad_removes_conflicting_components():
     grads = random_grads(2, 8)
     K = gram_matrix(grads)
     assert K[0, 1] < 0
-    C = PCGradAggregator.coefficients(K)
+    C = PCGradAggregator().coefficients(K)
     projected = torch.tensor(C) @ grads.double()
     # each projected gradient lies on the normal plane of the other task's gradient (to the float32
     # precision of the gradients, in which the Gram matrix is formed)
@@ -96,18 +96,17 @@ def test_pcgrad_no_conflict_is_the_sum():
     close(r.grad, grads.sum(0)), close(r.weights, [1, 1, 1])
 
 
-def test_pcgrad_random_order_from_torch_rng():
+def test_pcgrad_random_order_from_its_own_generator():
     grads = G([1, 0, 0], [-1, 1, 0], [-1, -1, 1])        # order matters for T=3
     possible = [pcgrad_reference(grads, orders) for orders in itertools.product(
         *[list(itertools.permutations([j for j in range(3) if j != i])) for i in range(3)])]
     seen = set()
     for seed in range(12):
-        torch.manual_seed(seed)
-        r = run(PCGradAggregator(), grads)
+        r = run(PCGradAggregator(seed=seed), grads)
         assert any(np.allclose(r.grad.numpy(), p, atol=1e-5) for p in possible)
         seen.add(tuple(np.round(r.grad.numpy(), 4)))
-        torch.manual_seed(seed)
-        close(run(PCGradAggregator(), grads).grad, r.grad, atol=0, rtol=0)   # reproducible
+        torch.manual_seed(seed + 100)                                      # the global RNG plays no part
+        close(run(PCGradAggregator(seed=seed), grads).grad, r.grad, atol=0, rtol=0)   # reproducible
     assert len(seen) > 1                                                   # and really random
 
 
@@ -370,10 +369,10 @@ def test_weights_reproduce_grad(name):
 
 @pytest.mark.parametrize('name', METHODS)
 def test_state_dict_round_trip(name):
+    from test_aggregators_contract import assert_same
     steps = [random_grads(3, 10, s) for s in range(4)]
     agg = build(name)
     agg.bind(['a', 'b', 'c'])
-    torch.manual_seed(1)
     for grads in steps[:2]:
         agg.aggregate(grads, torch.ones(3), None, None)
     buf = io.BytesIO()
@@ -383,11 +382,9 @@ def test_state_dict_round_trip(name):
     other = build(name)
     other.bind(['a', 'b', 'c'])
     other.load_state_dict(copy.deepcopy(state))
-    assert other.state_dict() == agg.state_dict()
+    assert_same(other.state_dict(), agg.state_dict())
     for grads in steps[2:]:
-        torch.manual_seed(7)
         expected = agg.aggregate(grads, torch.ones(3), None, None)
-        torch.manual_seed(7)
         got = other.aggregate(grads, torch.ones(3), None, None)
         torch.testing.assert_close(got.grad, expected.grad, rtol=0, atol=0)
         torch.testing.assert_close(got.head_scales, expected.head_scales, rtol=0, atol=0)

@@ -1,8 +1,10 @@
-"""Data-parallel training (issue #5): exact per-task statistics across ranks, approximate mode,
-AMP under the wrapper, distributed validation / submission, kill-and-resume and a failing rank.
+"""Data-parallel training: exact per-task statistics across ranks (all-reduces overlapped with the
+backward), approximate mode, AMP under the wrapper, identical replicas under every registered
+aggregator, a task missing on one rank, distributed validation / submission, kill-and-resume, a
+failing rank and a clean exit.
 
 The equivalence tests run 2 gloo processes (torch.multiprocessing) on a tiny real AllInOneModel
-(GroupNorm ResNet + mmseg FCN head + mmpretrain linear head, no BatchNorm, no dropout) through the
+(GroupNorm ResNet + mmseg FCN head + mmpretrain linear heads, no BatchNorm, no dropout) through the
 real wrapper and optim wrapper; the reference is one process with the global batch. The fault tests
 launch ``tools/dist_train.sh`` (torchrun, 2 CPU processes) on the demo config.
 """
@@ -13,7 +15,6 @@ import math
 import os
 import os.path as osp
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+import projects.allinone  # noqa: F401  (registers the aggregators the replica test iterates over)
 from conftest import DEMO_CFG, REPO
+from projects.allinone.registry import AGGREGATORS
 
 WORLD, B, STEPS = 2, 3, 3
 TBGC_MAX_NORM = 0.01  # binds for the cls task (norm ~0.03-0.06), not for seg (~0.002-0.004)
@@ -54,9 +57,8 @@ ARMS = dict(
     sum_approx=(dict(type='SumAggregator'), 'approximate', False),
     tbgc_approx=(dict(type='TBGCAggregator', max_norm=TBGC_MAX_NORM), 'approximate', False),
     tbgc_amp=(dict(type='TBGCAggregator', max_norm=TBGC_MAX_NORM), 'exact', True),
-    missing=(dict(type='TBGCAggregator', max_norm=TBGC_MAX_NORM), 'exact', False),  # rank 1: no seg at step 0
 )
-SMALL_BUCKETS = 'missing'  # this arm all-reduces in 2 KB buckets (many per task)
+SMALL_BUCKETS = 'tbgc'  # this arm all-reduces in 2 KB buckets (many per task, launched during the backward)
 
 
 # ---------------------------------------------------------------------------------------- tiny setup
@@ -67,11 +69,18 @@ def _scope():
         DefaultScope.get_instance('allinone-dist-tests', scope_name='mmdet')
 
 
-def build_tiny():
+def build_tiny(tasks=('seg', 'cls'), seed=0):
+    """The tiny model with ``tasks`` (``cls2``: a second classification task); ``seed=None`` leaves
+    the global RNG alone (each rank then initialises differently, as in a run with diff_rank_seed)."""
     from projects.allinone.registry import MODELS
     _scope()
-    torch.manual_seed(0)
-    model = MODELS.build(copy.deepcopy(TINY))
+    if seed is not None:
+        torch.manual_seed(seed)
+    cfg = copy.deepcopy(TINY)
+    if 'cls2' in tasks:
+        cfg['tasks']['cls2'] = copy.deepcopy(cfg['tasks']['cls'])
+    cfg['tasks'] = {t: cfg['tasks'][t] for t in tasks}
+    model = MODELS.build(cfg)
     model.init_weights()
     return model
 
@@ -85,7 +94,7 @@ def make_optim(arm, model):
     return MultiTaskOptimWrapper(opt, aggregator=copy.deepcopy(agg))
 
 
-def global_batch(step, n):
+def global_batch(step, n, tasks=('seg', 'cls')):
     """``{task: batch}`` of ``n`` samples per task, the same in every process."""
     from mmengine.structures import PixelData
     from mmpretrain.structures import DataSample
@@ -98,8 +107,13 @@ def global_batch(step, n):
         s.gt_sem_seg = PixelData(data=torch.randint(0, 3, (1, 32, 32), generator=g))
         seg_ds.append(s)
     cls_in = [torch.randint(0, 256, (3, 32, 32), generator=g, dtype=torch.uint8) for _ in range(n)]
-    cls_ds = [DataSample().set_gt_label(int(torch.randint(0, 3, (1, ), generator=g))) for _ in range(n)]
-    return dict(seg=dict(inputs=seg_in, data_samples=seg_ds), cls=dict(inputs=cls_in, data_samples=cls_ds))
+    labels = [int(torch.randint(0, 3, (1, ), generator=g)) for _ in range(n)]
+    out = dict(seg=dict(inputs=seg_in, data_samples=seg_ds),
+               cls=dict(inputs=cls_in, data_samples=[DataSample().set_gt_label(y) for y in labels]),
+               # cls2: the same images, every label moved by one class: a task in conflict with cls
+               cls2=dict(inputs=[x.clone() for x in cls_in],
+                         data_samples=[DataSample().set_gt_label((y + 1) % 3) for y in labels]))
+    return {t: out[t] for t in tasks}
 
 
 def rank_share(batch, rank, b=B):
@@ -111,14 +125,7 @@ def rank_share(batch, rank, b=B):
 def step_data(arm, step, rank=None):
     """The batch of ``step``: rank ``rank``'s share, or (None) what one process gets."""
     full = global_batch(step, WORLD * B)
-    if rank is None:
-        if arm == 'missing' and step == 0:  # the union of the ranks' batches: rank 1 has no seg
-            full['seg'] = rank_share(full, 0)['seg']
-        return full
-    data = rank_share(full, rank)
-    if arm == 'missing' and step == 0 and rank == 1:
-        del data['seg']
-    return data
+    return full if rank is None else rank_share(full, rank)
 
 
 def _worker(rank, init_file, out_dir):
@@ -138,6 +145,20 @@ def _worker(rank, init_file, out_dir):
                 stats.append(dict(ow.last_stats))
             torch.save(dict(params={n: p.detach().clone() for n, p in model.named_parameters()}, stats=stats,
                             counters=dict(ddp.grad_sync.counters)), osp.join(out_dir, f'{arm}_{rank}.pt'))
+        # a loop that does not draw every task on every rank: rank 1 has no seg batch
+        model = build_tiny()
+        ddp = MultiTaskDistributedDataParallel(model)
+        ow = make_optim('tbgc', model)
+        data = step_data('tbgc', 0, rank)
+        if rank == 1:
+            del data['seg']
+        try:
+            ddp.train_step(data, ow)
+            error = None
+        except RuntimeError as e:
+            error = str(e)
+        ddp.train_step(step_data('tbgc', 1, rank), ow)  # the ranks still agree on their collectives
+        torch.save(dict(error=error), osp.join(out_dir, f'missing_{rank}.pt'))
     finally:
         dist.destroy_process_group()
 
@@ -157,7 +178,8 @@ def spawn(fn, args, timeout=300):
 def dist_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp('dist_runs')
     spawn(_worker, (str(out / 'init'), str(out)))
-    return {arm: [torch.load(out / f'{arm}_{r}.pt', weights_only=False) for r in range(WORLD)] for arm in ARMS}
+    return {arm: [torch.load(out / f'{arm}_{r}.pt', weights_only=False) for r in range(WORLD)]
+            for arm in list(ARMS) + ['missing']}
 
 
 @contextmanager
@@ -206,14 +228,21 @@ def test_exact_mode_equals_one_process_with_the_global_batch(registered, dist_ru
 
 
 @pytest.mark.slow
-def test_task_missing_on_one_rank_neither_hangs_nor_miscounts(registered, dist_runs):
-    """Rank 1 has no seg batch at step 0: seg averages over rank 0 alone, as one process would.
-    (This arm also splits every task's gradients into many small buckets.)"""
-    r0, r1 = dist_runs['missing']
-    assert r0['counters']['allreduce_calls'] > 10 * STEPS
-    want, _ = reference('missing')
-    for r in (r0, r1):
-        assert_params_close(r['params'], want, rtol=1e-5, atol=1e-6)
+def test_task_missing_on_one_rank_fails_on_every_rank_naming_it(registered, dist_runs):
+    """Rank 1 has no seg batch at step 0: a collective inside seg's forward (SyncBN, reduce_mean)
+    would hang, so the step fails at once on both ranks, naming the task and the rank."""
+    for rank, r in enumerate(dist_runs['missing']):
+        assert r['error'] is not None, rank
+        assert "task 'seg' has no batch on rank(s) [1]" in r['error'] and f'this is rank {rank}' in r['error']
+
+
+@pytest.mark.slow
+def test_exact_mode_all_reduces_start_during_the_backward(registered, dist_runs):
+    """Small buckets: many per task, most launched by the post-accumulate-grad hooks before the
+    backward ends; the update is still the one-process update (test above)."""
+    c = dist_runs[SMALL_BUCKETS][0]['counters']
+    assert c['allreduce_calls'] > 10 * STEPS
+    assert c['allreduce_launched_in_backward'] > c['allreduce_calls'] / 2
 
 
 @one_thread()
@@ -258,15 +287,17 @@ def test_approximate_mode_differs_only_as_documented(registered, dist_runs):
 
 @pytest.mark.slow
 def test_exact_mode_bytes_are_the_bucket_sizes(registered, dist_runs):
-    """What the benchmark reports: per step, presence flags + per task (shared + own + flags + loss)."""
+    """What the benchmark reports: per step, presence flags (rank x task) + per task (shared + own +
+    flags + loss)."""
     model = build_tiny()
     part = model.parameter_partition()
     n = {g: sum(p.numel() for p in ps) for g, ps in part.items()}
     k = {g: len(ps) for g, ps in part.items()}
     tasks = list(model.task_names)
-    exact = len(tasks) + sum(n['shared'] + n[t] + k['shared'] + k[t] + 1 for t in tasks)
+    presence = WORLD * len(tasks)  # which rank has which task
+    exact = presence + sum(n['shared'] + n[t] + k['shared'] + k[t] + 1 for t in tasks)
     total_n, total_k = sum(n.values()), sum(k.values())
-    approx_elems = len(tasks) + total_n + total_k  # float32 elements; plus 3 float64 per task
+    approx_elems = presence + total_n + total_k  # float32 elements; plus 3 float64 per task
     assert dist_runs['sum'][0]['counters']['allreduce_bytes'] == STEPS * exact * 4
     assert dist_runs['sum_approx'][0]['counters']['allreduce_bytes'] == STEPS * (approx_elems * 4 + 3 * 8 * len(tasks))
 
@@ -285,6 +316,73 @@ def test_amp_under_the_wrapper_clips_unscaled_global_gradients(registered, dist_
             assert got[f'{task}.grad_norm'] == pytest.approx(ref[f'{task}.grad_norm'], rel=0.05)
     want, _ = reference('tbgc_amp')
     assert_params_close(r0['params'], want, rtol=2e-2, atol=2e-3)
+
+
+# ---------------------------------------------------------------------------------------- identical replicas
+#: constructor arguments of the aggregators that need some (each entry: one run); every other
+#: registered aggregator runs with its defaults, so a method added later is covered without an edit
+REPLICA_ARGS = {
+    'ChainAggregator': [dict(steps=[dict(type='TBGCAggregator', max_norm=0.1), dict(type='PCGradAggregator')]),
+                        dict(steps=[dict(type='RLWAggregator'), dict(type='GradVacAggregator')])],
+    'MaxGNRAggregator': [dict(warmup=2, update_interval=1, sketch_dim=64)],  # solves within the steps run
+}
+REPLICA_TASKS, REPLICA_STEPS, REPLICA_B = ('seg', 'cls', 'cls2'), 5, 2
+
+
+def replica_runs():
+    return [(f'{name}{i if i else ""}', dict(type=name, **kw))
+            for name in sorted(AGGREGATORS.module_dict) for i, kw in enumerate(REPLICA_ARGS.get(name, [{}]))]
+
+
+def _replica_worker(rank, init_file, out_dir):
+    """Every registered aggregator, 3 tasks, randomness=dict(seed=0, diff_rank_seed=True): each rank's
+    global RNGs (and so its initial weights) differ; the parameters must not."""
+    import torch.distributed as dist
+    from mmengine.runner import set_random_seed
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=WORLD)
+    try:
+        from projects.allinone.engine.model_wrappers import MultiTaskDistributedDataParallel
+        from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+        set_random_seed(0, diff_rank_seed=True)
+        out = dict(rng=torch.rand(4))
+        for key, agg in replica_runs():
+            for mode in ('exact', 'approximate'):
+                model = build_tiny(REPLICA_TASKS, seed=None)
+                ddp = MultiTaskDistributedDataParallel(model, mode=mode)
+                ow = MultiTaskOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                                           aggregator=copy.deepcopy(agg), stats_interval=2)
+                weights = []
+                for step in range(REPLICA_STEPS):
+                    full = global_batch(100 + step, WORLD * REPLICA_B, REPLICA_TASKS)
+                    ddp.train_step(rank_share(full, rank, REPLICA_B), ow)
+                    weights.append([ow.last_stats[f'{t}.weight'] for t in REPLICA_TASKS])
+                out[key, mode] = {n: p.detach().clone() for n, p in model.named_parameters()}
+                out[key, mode, 'weights'] = weights
+        torch.save(out, osp.join(out_dir, f'replicas_{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope='module')
+def replica_runs_done(tmp_path_factory):
+    out = tmp_path_factory.mktemp('replicas')
+    spawn(_replica_worker, (str(out / 'init'), str(out)), timeout=600)
+    return [torch.load(out / f'replicas_{r}.pt', weights_only=False) for r in range(WORLD)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['exact', 'approximate'])
+@pytest.mark.parametrize('key', [k for k, _ in replica_runs()])
+def test_every_aggregator_keeps_the_replicas_identical(registered, replica_runs_done, key, mode):
+    r0, r1 = replica_runs_done
+    assert not torch.equal(r0['rng'], r1['rng'])  # the ranks' global RNGs really differ
+    drift = max(float((r0[key, mode][n] - r1[key, mode][n]).abs().max()) for n in r0[key, mode])
+    assert drift == 0.0, f'{key} ({mode}): the ranks\' parameters differ by up to {drift:.3g}'
+    for n in r0[key, mode]:
+        assert torch.equal(r0[key, mode][n], r1[key, mode][n]), n
+    if mode == 'exact':  # the same averaged gradients in: the same task weights out, step by step
+        assert r0[key, mode, 'weights'] == r1[key, mode, 'weights']
 
 
 # ---------------------------------------------------------------------------------------- resume helpers
@@ -339,10 +437,24 @@ def test_launcher_setup_defaults_the_per_task_wrapper_and_refuses_plain_ddp(regi
 
 
 # ---------------------------------------------------------------------------------------- torchrun runs
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+@pytest.mark.parametrize('script', ['dist_train.sh', 'dist_test.sh'])
+def test_single_node_launch_picks_a_free_port_unless_port_is_given(script):
+    """torchrun's standalone rendezvous on one node (two jobs side by side never collide, as the two
+    concurrent jobs of the kill test below); PORT (or several nodes) selects the static rendezvous."""
+    args = ['CONFIG', '2'] if script == 'dist_train.sh' else ['CONFIG', 'CKPT', '2']
+
+    def argv(**env):
+        env = dict({k: v for k, v in os.environ.items() if k not in ('PORT', 'NNODES')}, PYTHON='echo', **env)
+        return subprocess.run(['bash', osp.join(REPO, 'tools', script), *args], env=env, capture_output=True,
+                              text=True, check=True).stdout.split()
+
+    single = argv()
+    assert '--standalone' in single and not any(a.startswith('--master_port') for a in single)
+    assert single[-2:] == ['--launcher', 'pytorch']
+    assert '--master_port=29501' in argv(PORT='29501') and '--standalone' not in argv(PORT='29501')
+    multi = argv(NNODES='2', NODE_RANK='1', MASTER_ADDR='10.0.0.1')
+    assert {'--nnodes=2', '--node_rank=1', '--master_addr=10.0.0.1', '--master_port=29500'} <= set(multi)
+
 
 
 def write_config(path, data, extra=''):
@@ -373,7 +485,8 @@ visualizer = dict(vis_backends=None)
 def launch(config, work, extra=(), env=None, log=None):
     cmd = ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), str(config), str(WORLD), '--work-dir', str(work),
            *extra]
-    env = dict(os.environ, PORT=str(free_port()), PYTHONUNBUFFERED='1', **(env or {}))
+    env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    env.pop('PORT', None)  # one node: tools/dist_train.sh lets torchrun pick a free port
     out = open(log or f'{work}.log', 'w')
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
 

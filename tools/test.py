@@ -13,7 +13,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from projects.allinone.utils.cli import add_common_args, load_config, setup_distributed  # noqa: E402
+from projects.allinone.utils.cli import (add_common_args, finish_distributed, load_config,  # noqa: E402
+                                         setup_distributed)
 
 
 def parse_args(argv=None):
@@ -84,7 +85,10 @@ def main(argv=None):
         cfg.test_cfg.setdefault('submission', {})
         cfg.test_cfg.submission.out = submit
     runner = Runner.from_cfg(cfg)
-    return runner.test()
+    metrics = runner.test()
+    del runner
+    finish_distributed()  # a clean exit of every rank: no thread or process group left running
+    return metrics
 
 
 if __name__ == '__main__':

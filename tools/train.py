@@ -14,7 +14,8 @@ from torch.distributed.elastic.multiprocessing.errors import record  # the error
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from projects.allinone.utils.cli import add_common_args, load_config, say as _say, setup_distributed  # noqa: E402
+from projects.allinone.utils.cli import (add_common_args, finish_distributed, load_config,  # noqa: E402
+                                         say as _say, setup_distributed)
 
 
 def parse_args(argv=None):
@@ -90,6 +91,8 @@ def main(argv=None):
         cfg.resume, cfg.load_from = True, resolve_resume(resume, cfg.work_dir)
     runner = Runner.from_cfg(cfg)
     runner.train()
+    del runner
+    finish_distributed()  # a clean exit of every rank: no thread or process group left running
 
 
 if __name__ == '__main__':

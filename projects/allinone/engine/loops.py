@@ -99,10 +99,17 @@ class TaskIterator:
 
         The random states are left as they were (a resume restores them from the checkpoint), so
         redrawing the skipped batches does not shift the random numbers of the batches that follow.
+        At an epoch boundary the next epoch is not started here: the uninterrupted run starts it
+        (``iter(loader)`` draws its base seed from torch's RNG) only when it asks for the next batch,
+        after the checkpoint, and so does the resumed one.
         """
         n = len(self.loader)
+        epoch, skip = divmod(n_batches, n)
+        if skip == 0:
+            self.epoch, self._it, self.offset = epoch, None, 0
+            return
         with preserved_rng():
-            self.epoch, skip = divmod(n_batches, n)
+            self.epoch = epoch
             self._start_epoch()
             for _ in range(skip):
                 next(self._it)
@@ -138,6 +145,18 @@ class MultiTaskTrainLoop(IterBasedTrainLoop):
                           for t, l in self.dataloaders.items())
         print_log(f'multi-task training on {len(self.dataloaders)} tasks ({sizes})', logger='current')
 
+    def validate(self) -> None:
+        """Run the validation loop without moving the random states training continues from.
+
+        The checkpoint of an iteration is written (``after_train_iter``) before that iteration's
+        validation runs, and validation draws random numbers (each loader's ``iter()`` draws a base
+        seed from torch's RNG, and anything else it runs may draw). A run resumed from that
+        checkpoint does not repeat the validation, so without this the uninterrupted run would train
+        on from random states the resumed one never sees.
+        """
+        with preserved_rng():
+            self.runner.val_loop.run()
+
     def next_batch(self) -> Dict[str, dict]:
         return OrderedDict((t, next(it)) for t, it in self.iterators.items())
 
@@ -162,7 +181,7 @@ class MultiTaskTrainLoop(IterBasedTrainLoop):
             self.run_iter(self.next_batch())
             self._decide_current_val_interval()
             if self.runner.val_loop is not None and self._iter >= self.val_begin and self.validation_due():
-                self.runner.val_loop.run()
+                self.validate()
         self.runner.call_hook('after_train_epoch')
         self.runner.call_hook('after_train')
         return self.runner.model

@@ -144,30 +144,64 @@ def setup_distributed(cfg: Config) -> None:
         dist.init_process_group(backend=dist_cfg['backend'], **kwargs)
 
 
+#: the launcher watch of this process: (thread, event that stops it), see exit_with_launcher
+_LAUNCHER_WATCH = None
+
+
 def exit_with_launcher(poll_s: float = 1.0) -> None:
     """Under torchrun, end this worker when its launcher is gone.
 
     torchrun starts each worker in a session of its own, so ``kill -9`` of torchrun (or of its
     process group) leaves the workers running on: still training, still writing checkpoints into
     the work dir a restarted job resumes from. A daemon thread notices the worker was re-parented
-    and exits the process.
+    and exits the process. :func:`finish_distributed` stops it before the interpreter exits.
     """
     import sys
     import threading
-    import time
-    if 'TORCHELASTIC_RUN_ID' not in os.environ:
+    global _LAUNCHER_WATCH
+    if 'TORCHELASTIC_RUN_ID' not in os.environ or _LAUNCHER_WATCH is not None:
         return
     parent = os.getppid()
     if parent <= 1:
         return
+    stop = threading.Event()
 
     def watch():
-        while True:
-            time.sleep(poll_s)
+        while not stop.wait(poll_s):
             if os.getppid() != parent:
                 sys.stderr.write(f"rank {os.environ.get('RANK', '?')}: launcher (pid {parent}) is gone; "
                                  'exiting\n')
                 sys.stderr.flush()
                 os._exit(1)
 
-    threading.Thread(target=watch, name='exit-with-launcher', daemon=True).start()
+    thread = threading.Thread(target=watch, name='exit-with-launcher', daemon=True)
+    thread.start()
+    _LAUNCHER_WATCH = (thread, stop)
+
+
+def finish_distributed() -> None:
+    """End, in order, what a finished rank still runs, so that its interpreter exits cleanly.
+
+    Left to the interpreter's exit, these were torn down in no particular order while still
+    running, and a rank whose job had finished now and then died in its exit (``terminate called
+    without an active exception`` / ``Fatal Python error: Aborted``, or a segfault), which torchrun
+    reports as a failed job. Call it after the Runner is released (its loader iterators, and so any
+    worker processes, are collected first):
+
+    1. the launcher watch thread is stopped and joined (a daemon thread still running when the
+       interpreter finalises is ended from under it);
+    2. every rank meets at a barrier (none leaves while another still reduces or gathers), then
+       the process group is destroyed (its communication threads are joined).
+    """
+    global _LAUNCHER_WATCH
+    import gc
+    gc.collect()  # loader iterators (and their worker processes) of the released Runner
+    if _LAUNCHER_WATCH is not None:
+        thread, stop = _LAUNCHER_WATCH
+        stop.set()
+        thread.join()
+        _LAUNCHER_WATCH = None
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

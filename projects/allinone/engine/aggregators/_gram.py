@@ -44,14 +44,16 @@ def make_result(grads: Tensor, weights, head_scales=None) -> AggregateResult:
     return AggregateResult(grad=grad, weights=w, head_scales=head)
 
 
-def random_order(T: int, skip: int):
-    """The other tasks than ``skip`` in a random order drawn from torch's global RNG.
+def random_order(T: int, skip: int, generator: torch.Generator):
+    """The other tasks than ``skip`` in a random order drawn from ``generator``.
 
-    With at most one other task nothing is drawn, so two-task runs leave the RNG untouched.
+    The generator is the method's own (seeded alike on every rank, saved in its state), never
+    torch's global RNG, which differs between ranks under ``randomness.diff_rank_seed`` and moves
+    with everything else the run draws. With at most one other task nothing is drawn.
     """
     if T <= 2:
         return [j for j in range(T) if j != skip]
-    return [j for j in torch.randperm(T).tolist() if j != skip]
+    return [j for j in torch.randperm(T, generator=generator).tolist() if j != skip]
 
 
 def min_norm_weights(K: np.ndarray, exact_max_tasks: int = EXACT_MAX_TASKS) -> np.ndarray:

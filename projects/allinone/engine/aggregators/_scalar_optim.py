@@ -9,6 +9,8 @@ state as it is. State is python floats in dicts keyed by task name (checkpoint f
 import math
 from typing import Dict
 
+from .base import check_choice, check_number
+
 
 class ScalarOptimizer:
     """SGD or Adam on a dict of python floats keyed by task name.
@@ -24,15 +26,13 @@ class ScalarOptimizer:
 
     def __init__(self, kind: str = 'adam', lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, owner: str = 'aggregator'):
-        if kind not in ('adam', 'sgd'):
-            raise ValueError(f"{owner}.optimizer must be 'adam' or 'sgd', got {kind!r}")
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f'{owner}.lr must be a finite number > 0, got {lr!r}')
-        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-            raise ValueError(f'{owner}.weight_decay must be >= 0, got {weight_decay!r}')
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f'{owner}.betas must lie in [0, 1), got {betas!r}')
+        check_choice(owner, 'optimizer', kind, ('adam', 'sgd'))
+        check_number(owner, 'lr', lr, low=0, low_open=True)
+        check_number(owner, 'weight_decay', weight_decay, low=0)
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2):
+            raise ValueError(f'{owner}.betas must be a pair (beta1, beta2), got {betas!r}')
+        b1, b2 = (check_number(owner, f'betas[{i}]', b, low=0, high=1, high_open=True) for i, b in enumerate(betas))
+        check_number(owner, 'eps', eps, low=0, low_open=True)
         self.kind, self.lr, self.betas, self.eps = kind, float(lr), (float(b1), float(b2)), float(eps)
         self.weight_decay = float(weight_decay)
         self.m: Dict[str, float] = {}

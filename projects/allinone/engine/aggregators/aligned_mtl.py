@@ -3,7 +3,7 @@ import numpy as np
 
 from ...registry import AGGREGATORS
 from ._gram import gram_matrix, make_result
-from .base import GradAggregator
+from .base import GradAggregator, check_choice, check_number
 
 #: float32 machine epsilon: the gradients are float32, so smaller eigenvalues are noise
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -25,8 +25,9 @@ class AlignedMTLAggregator(GradAggregator):
 
     Args:
         scale_mode: ``'min'`` (default), ``'median'`` (lower median, as ``torch.median``), ``'rmse'``.
-        task_weights: None (default: 1 for every task) or ``{task: weight}``: the pre-defined
-            trade-off ``c``; a task not named gets 1.
+        task_weights: None (default: 1 for every task) or ``{task: weight}`` with finite weights
+            >= 0: the pre-defined trade-off ``c``; a task not named gets 1, a name that is not a
+            task of the model is an error when the tasks are bound.
         scale_heads: False (default, official ``scale_decoder_grad=False``: heads get their plain
             gradients) or True (each task's head is scaled by its weight ``w_t``).
 
@@ -37,19 +38,22 @@ class AlignedMTLAggregator(GradAggregator):
 
     def __init__(self, scale_mode: str = 'min', task_weights=None, scale_heads: bool = False, tasks=None):
         super().__init__(tasks)
-        if task_weights is not None and not (
-                isinstance(task_weights, dict)
-                and all(isinstance(v, (int, float)) and v >= 0 for v in task_weights.values())):
-            raise ValueError(f'AlignedMTLAggregator.task_weights must be None or a dict of numbers >= 0, '
-                             f'got {task_weights!r}')
-        if scale_mode not in ('min', 'median', 'rmse'):
-            raise ValueError(f"AlignedMTLAggregator.scale_mode must be 'min', 'median' or 'rmse', "
-                             f'got {scale_mode!r}')
-        if not isinstance(scale_heads, bool):
-            raise ValueError(f'AlignedMTLAggregator.scale_heads must be a bool, got {scale_heads!r}')
-        self.scale_mode = scale_mode
+        owner = 'AlignedMTLAggregator'
+        if task_weights is not None:
+            if not (isinstance(task_weights, dict) and all(isinstance(k, str) for k in task_weights)):
+                raise ValueError(f'{owner}.task_weights must be None or a dict {{task: weight}}, got {task_weights!r}')
+            for name, w in task_weights.items():
+                check_number(owner, f'task_weights[{name!r}]', w, low=0)
+        self.scale_mode = check_choice(owner, 'scale_mode', scale_mode, ('min', 'median', 'rmse'))
         self.task_weights = None if task_weights is None else {k: float(v) for k, v in task_weights.items()}
-        self.scale_heads = scale_heads
+        self.scale_heads = check_choice(owner, 'scale_heads', scale_heads, (False, True))
+
+    def bind(self, tasks):
+        super().bind(tasks)
+        unknown = sorted(set(self.task_weights or {}) - set(self.tasks))
+        if unknown:
+            raise ValueError(f'AlignedMTLAggregator.task_weights names tasks {unknown} that the model does not '
+                             f'have (tasks: {self.tasks})')
 
     def aggregate(self, grads, losses, head_norms=None, tasks=None):
         tasks = self.row_tasks(len(grads), tasks)

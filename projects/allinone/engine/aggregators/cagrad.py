@@ -7,7 +7,7 @@ from scipy.optimize import minimize
 
 from ...registry import AGGREGATORS
 from ._gram import gram_matrix, make_result
-from .base import GradAggregator
+from .base import GradAggregator, check_choice, check_number
 
 
 @AGGREGATORS.register_module()
@@ -40,12 +40,9 @@ class CAGradAggregator(GradAggregator):
 
     def __init__(self, c: float = 0.4, rescale: int = 1, reduction: str = 'sum', tasks=None):
         super().__init__(tasks)
-        if not (isinstance(c, (int, float)) and c >= 0):
-            raise ValueError(f'CAGradAggregator.c must be a number >= 0, got {c!r}')
-        if rescale not in (0, 1, 2):
-            raise ValueError(f'CAGradAggregator.rescale must be 0, 1 or 2, got {rescale!r}')
-        if reduction not in ('sum', 'mean'):
-            raise ValueError(f"CAGradAggregator.reduction must be 'sum' or 'mean', got {reduction!r}")
+        check_number('CAGradAggregator', 'c', c, low=0)
+        check_choice('CAGradAggregator', 'rescale', rescale, (0, 1, 2))
+        check_choice('CAGradAggregator', 'reduction', reduction, ('sum', 'mean'))
         self.c = float(c)
         self.rescale = rescale
         self.reduction = reduction

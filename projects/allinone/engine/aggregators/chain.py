@@ -24,6 +24,9 @@ class ChainAggregator(GradAggregator):
     The order is the declared one: a clip after a surgery would be a different method (use the
     optim wrapper's global ``clip_grad`` for a clip of the combined gradient).
 
+    Solver fallbacks of every step (Nash-MTL, CAGrad, MaxGNR) add up in :attr:`fallbacks`, which the
+    optim wrapper logs as ``aggregator.fallbacks``.
+
     Args:
         steps: configs or instances, applied in order.
     """
@@ -31,12 +34,23 @@ class ChainAggregator(GradAggregator):
     def __init__(self, steps: Sequence[Union[dict, GradAggregator]], tasks=None):
         super().__init__(tasks)
         if not isinstance(steps, (list, tuple)) or len(steps) < 2:
-            raise ValueError('ChainAggregator.steps must list at least two methods (rescalings, then a combiner)')
-        self.steps: List[GradAggregator] = [build_aggregator(s) for s in steps]
+            raise ValueError('ChainAggregator.steps must list at least two methods (rescalings, then a combiner), '
+                             f'got {steps!r}')
+        self.steps: List[GradAggregator] = []
+        for i, s in enumerate(steps):
+            if not isinstance(s, (dict, GradAggregator)):
+                raise ValueError(f'ChainAggregator.steps[{i}] must be an aggregator config dict or instance, got {s!r}')
+            self.steps.append(build_aggregator(s))
         for i, s in enumerate(self.steps[:-1]):
             if not isinstance(s, LinearAggregator):
                 raise ValueError(f'ChainAggregator.steps[{i}] ({type(s).__name__}) is not a per-task rescaling '
                                  '(LinearAggregator); only the last step may combine the gradients otherwise')
+
+    @property
+    def fallbacks(self):
+        """Solver fallbacks summed over the steps that have a solver (``None`` if none has)."""
+        counts = [s.fallbacks for s in self.steps if s.fallbacks is not None]
+        return sum(counts) if counts else None
 
     def bind(self, tasks):
         super().bind(tasks)

@@ -5,6 +5,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from ...registry import AGGREGATORS
+from .base import check_number
 from .gramian import GramianAggregator
 from .upgrad import check_named_tasks, check_preference
 
@@ -37,9 +38,7 @@ class ConFIGAggregator(GramianAggregator):
     def __init__(self, pref: Optional[Dict[str, float]] = None, rcond: float = 1e-6, tasks=None):
         super().__init__(tasks)
         self.pref = check_preference('ConFIGAggregator', pref)
-        if not (isinstance(rcond, (int, float)) and math.isfinite(rcond) and 0 <= rcond < 1):
-            raise ValueError(f'ConFIGAggregator.rcond must lie in [0, 1), got {rcond!r}')
-        self.rcond = float(rcond)
+        self.rcond = float(check_number('ConFIGAggregator', 'rcond', rcond, low=0, high=1, high_open=True))
 
     def bind(self, tasks):
         super().bind(tasks)

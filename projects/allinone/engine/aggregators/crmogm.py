@@ -1,12 +1,11 @@
 """CR-MOGM: exponential averaging of a gradient method's weights (Zhou et al., NeurIPS 2022)."""
-import math
 from typing import Dict, Union
 
 import numpy as np
 
 from ...registry import AGGREGATORS
 from ._gram import gram_matrix, make_result
-from .base import GradAggregator, build_aggregator
+from .base import GradAggregator, build_aggregator, check_number
 from .gramian import GramianAggregator
 
 
@@ -39,8 +38,7 @@ class CRMOGMAggregator(GradAggregator):
     def __init__(self, method: Union[dict, GradAggregator] = dict(type='MGDAAggregator'), alpha: float = 0.9,
                  tasks=None):
         super().__init__(tasks)
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0 <= alpha <= 1):
-            raise ValueError(f'CRMOGMAggregator.alpha must lie in [0, 1], got {alpha!r}')
+        check_number('CRMOGMAggregator', 'alpha', alpha, low=0, high=1)
         try:
             self.method = build_aggregator(method)
         except (TypeError, KeyError) as err:

@@ -1,5 +1,4 @@
 """DB-MTL: dual-balancing multi-task learning (Lin et al., arXiv 2308.12029)."""
-import math
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -7,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ...registry import AGGREGATORS
-from .base import AggregateResult, GradAggregator
+from .base import AggregateResult, GradAggregator, check_number
 
 
 @AGGREGATORS.register_module()
@@ -40,12 +39,9 @@ class DBMTLAggregator(GradAggregator):
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8, tasks=None):
         super().__init__(tasks)
-        if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
-            raise ValueError(f'DBMTLAggregator.beta must lie in [0, 1), got {beta!r}')
-        if not (isinstance(beta_sigma, (int, float)) and math.isfinite(beta_sigma) and beta_sigma >= 0):
-            raise ValueError(f'DBMTLAggregator.beta_sigma must be a finite number >= 0, got {beta_sigma!r}')
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f'DBMTLAggregator.eps must be a finite number > 0, got {eps!r}')
+        check_number('DBMTLAggregator', 'beta', beta, low=0, high=1, high_open=True)
+        check_number('DBMTLAggregator', 'beta_sigma', beta_sigma, low=0)
+        check_number('DBMTLAggregator', 'eps', eps, low=0, low_open=True)
         self.beta, self.beta_sigma, self.eps = float(beta), float(beta_sigma), float(eps)
         self._step = 0
         self._m: Dict[str, Tensor] = {}

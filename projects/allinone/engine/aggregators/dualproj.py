@@ -1,9 +1,9 @@
 """DualProj: the mean gradient projected onto the dual cone of the task gradients."""
-import math
 from typing import Dict, Optional
 
 from ...registry import AGGREGATORS
 from ._dual_cone import project_weights
+from .base import check_number
 from .gramian import GramianAggregator
 from .upgrad import check_named_tasks, check_preference, preference
 
@@ -32,9 +32,7 @@ class DualProjAggregator(GramianAggregator):
     def __init__(self, pref: Optional[Dict[str, float]] = None, reg_eps: float = 0.0, tasks=None):
         super().__init__(tasks)
         self.pref = check_preference('DualProjAggregator', pref)
-        if not (isinstance(reg_eps, (int, float)) and math.isfinite(reg_eps) and reg_eps >= 0):
-            raise ValueError(f'DualProjAggregator.reg_eps must be a finite number >= 0, got {reg_eps!r}')
-        self.reg_eps = float(reg_eps)
+        self.reg_eps = float(check_number('DualProjAggregator', 'reg_eps', reg_eps, low=0))
 
     def bind(self, tasks):
         super().bind(tasks)

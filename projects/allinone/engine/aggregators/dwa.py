@@ -1,11 +1,10 @@
 """Dynamic Weight Average (Liu, Johns and Davison, CVPR 2019)."""
-import math
 from typing import Dict, List, Optional
 
 import torch
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator
+from .base import LinearAggregator, check_number
 
 
 @AGGREGATORS.register_module()
@@ -33,10 +32,8 @@ class DWAAggregator(LinearAggregator):
 
     def __init__(self, window: int = 100, temperature: float = 2.0, tasks=None):
         super().__init__(tasks)
-        if not (isinstance(window, int) and window >= 1):
-            raise ValueError(f'DWAAggregator.window must be an integer >= 1, got {window!r}')
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f'DWAAggregator.temperature must be a finite number > 0, got {temperature!r}')
+        check_number('DWAAggregator', 'window', window, low=1, integer=True)
+        check_number('DWAAggregator', 'temperature', temperature, low=0, low_open=True)
         self.window = window
         self.temperature = float(temperature)
         self._step = 0                            # aggregated steps so far

@@ -1,9 +1,8 @@
 """Equal (or fixed) loss weighting."""
-import math
 from typing import Dict, Optional
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator
+from .base import LinearAggregator, check_number
 
 
 @AGGREGATORS.register_module()
@@ -21,12 +20,11 @@ class EqualAggregator(LinearAggregator):
 
     def __init__(self, weights: Optional[Dict[str, float]] = None, default: float = 1.0, tasks=None):
         super().__init__(tasks)
-        if weights is not None and not isinstance(weights, dict):
+        if weights is not None and not (isinstance(weights, dict) and all(isinstance(k, str) for k in weights)):
             raise ValueError(f'EqualAggregator.weights must be None or a dict {{task: weight}}, got {weights!r}')
-        for name, w in list((weights or {}).items()) + [(None, default)]:
-            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-                what = 'EqualAggregator.default' if name is None else f'EqualAggregator.weights[{name!r}]'
-                raise ValueError(f'{what} must be a finite number >= 0, got {w!r}')
+        for name, w in (weights or {}).items():
+            check_number('EqualAggregator', f'weights[{name!r}]', w, low=0)
+        check_number('EqualAggregator', 'default', default, low=0)
         self.weights = {str(k): float(v) for k, v in (weights or {}).items()}
         self.default = float(default)
 

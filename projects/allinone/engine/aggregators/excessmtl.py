@@ -1,5 +1,4 @@
 """ExcessMTL: task weights from estimated excess risks (He et al., ICML 2024)."""
-import math
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -8,7 +7,7 @@ from torch import Tensor
 
 from ...registry import AGGREGATORS
 from ._gram import make_result
-from .base import AggregateResult, GradAggregator
+from .base import AggregateResult, GradAggregator, check_number
 
 
 @AGGREGATORS.register_module()
@@ -41,10 +40,7 @@ class ExcessMTLAggregator(GradAggregator):
 
     def __init__(self, robust_step_size: float = 1e-2, tasks=None):
         super().__init__(tasks)
-        if not (isinstance(robust_step_size, (int, float)) and math.isfinite(robust_step_size)
-                and robust_step_size > 0):
-            raise ValueError(f'ExcessMTLAggregator.robust_step_size must be a finite number > 0, '
-                             f'got {robust_step_size!r}')
+        check_number('ExcessMTLAggregator', 'robust_step_size', robust_step_size, low=0, low_open=True)
         self.robust_step_size = float(robust_step_size)
         self._sq_sum: Dict[str, Tensor] = {}
         self._reference: Dict[str, float] = {}

@@ -7,6 +7,7 @@ import numpy as np
 from mmengine.logging import print_log
 
 from ...registry import AGGREGATORS
+from .base import check_number
 from .gramian import GramianAggregator
 
 
@@ -105,15 +106,10 @@ class FairGradAggregator(GramianAggregator):
     def __init__(self, alpha: float = 2.0, max_norm: float = 1.0, tol: float = 1e-8, max_iter: int = 100,
                  tasks=None):
         super().__init__(tasks)
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f'FairGradAggregator.alpha must be a finite number > 0, got {alpha!r}')
-        if not (isinstance(max_norm, (int, float)) and math.isfinite(max_norm) and max_norm >= 0):
-            raise ValueError(f'FairGradAggregator.max_norm must be a finite number >= 0 (0: no clip), '
-                             f'got {max_norm!r}')
-        if not (isinstance(tol, (int, float)) and 0 < tol < 1):
-            raise ValueError(f'FairGradAggregator.tol must lie in (0, 1), got {tol!r}')
-        if not (isinstance(max_iter, int) and max_iter >= 1):
-            raise ValueError(f'FairGradAggregator.max_iter must be an int >= 1, got {max_iter!r}')
+        check_number('FairGradAggregator', 'alpha', alpha, low=0, low_open=True)
+        check_number('FairGradAggregator', 'max_norm', max_norm, low=0)  # 0: no clip
+        check_number('FairGradAggregator', 'tol', tol, low=0, high=1, low_open=True, high_open=True)
+        check_number('FairGradAggregator', 'max_iter', max_iter, low=1, integer=True)
         self.alpha = float(alpha)
         self.max_norm = float(max_norm)
         self.tol = float(tol)

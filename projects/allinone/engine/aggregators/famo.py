@@ -6,7 +6,7 @@ import torch
 
 from ...registry import AGGREGATORS
 from ._scalar_optim import ScalarOptimizer
-from .base import LinearAggregator
+from .base import LinearAggregator, check_number
 
 
 @AGGREGATORS.register_module()
@@ -42,10 +42,8 @@ class FAMOAggregator(LinearAggregator):
 
     def __init__(self, lr: float = 0.025, gamma: float = 1e-3, eps: float = 1e-8, tasks=None):
         super().__init__(tasks)
-        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f'FAMOAggregator.gamma must be a finite number >= 0, got {gamma!r}')
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f'FAMOAggregator.eps must be > 0, got {eps!r}')
+        check_number('FAMOAggregator', 'gamma', gamma, low=0)
+        check_number('FAMOAggregator', 'eps', eps, low=0, low_open=True)
         self._opt = ScalarOptimizer('adam', lr, weight_decay=gamma, owner='FAMOAggregator')
         self.lr = float(lr)
         self.gamma = float(gamma)

@@ -4,7 +4,7 @@ import math
 import torch
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator
+from .base import LinearAggregator, check_number
 
 
 @AGGREGATORS.register_module()
@@ -30,8 +30,7 @@ class GLSAggregator(LinearAggregator):
 
     def __init__(self, eps: float = 1e-8, tasks=None):
         super().__init__(tasks)
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f'GLSAggregator.eps must be a finite number > 0, got {eps!r}')
+        check_number('GLSAggregator', 'eps', eps, low=0, low_open=True)
         self.eps = float(eps)
 
     def _loss(self, loss) -> float:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ...registry import AGGREGATORS
-from .base import AggregateResult, GradAggregator
+from .base import AggregateResult, GradAggregator, check_number
 from .upgrad import check_named_tasks
 
 
@@ -53,11 +53,9 @@ class GradDropAggregator(GradAggregator):
         super().__init__(tasks)
         leaks = leak if isinstance(leak, dict) else dict(default=leak)
         for name, value in leaks.items():
-            if not (isinstance(value, (int, float)) and 0 <= value <= 1):
-                raise ValueError(f'GradDropAggregator.leak must be a number in [0, 1] or a dict of them, got '
-                                 f'{value!r} for {name!r}')
-        if isinstance(seed, bool) or not (isinstance(seed, int) and 0 <= seed < 2 ** 31):
-            raise ValueError(f'GradDropAggregator.seed must be an int in [0, 2^31), got {seed!r}')
+            check_number('GradDropAggregator', 'leak' if name == 'default' else f'leak[{name!r}]', value,
+                         low=0, high=1)
+        check_number('GradDropAggregator', 'seed', seed, low=0, high=2 ** 31, high_open=True, integer=True)
         self.leak = leak
         self.seed = seed
         self._step = 0

@@ -6,7 +6,7 @@ import torch
 
 from ...registry import AGGREGATORS
 from ._scalar_optim import ScalarOptimizer
-from .base import LinearAggregator
+from .base import LinearAggregator, check_number
 
 
 @AGGREGATORS.register_module()
@@ -46,10 +46,8 @@ class GradNormAggregator(LinearAggregator):
     def __init__(self, alpha: float = 1.5, lr: float = 0.01, optimizer: str = 'adam', min_weight: float = 1e-3,
                  tasks=None):
         super().__init__(tasks)
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f'GradNormAggregator.alpha must be a finite number >= 0, got {alpha!r}')
-        if not (isinstance(min_weight, (int, float)) and 0 < min_weight < 1):
-            raise ValueError(f'GradNormAggregator.min_weight must lie in (0, 1), got {min_weight!r}')
+        check_number('GradNormAggregator', 'alpha', alpha, low=0)
+        check_number('GradNormAggregator', 'min_weight', min_weight, low=0, high=1, low_open=True, high_open=True)
         self._opt = ScalarOptimizer(optimizer, lr, owner='GradNormAggregator')
         self.alpha = float(alpha)
         self.lr = float(lr)

@@ -3,10 +3,11 @@ import math
 from typing import Dict
 
 import numpy as np
+import torch
 
 from ...registry import AGGREGATORS
 from ._gram import gram_matrix, make_result, random_order
-from .base import GradAggregator
+from .base import GradAggregator, check_number, check_seed
 
 #: a target cosine this close to +-1 cannot be reached by a finite step; the pair is not adjusted
 _TARGET_LIMIT = 1e-12
@@ -29,22 +30,24 @@ class GradVacAggregator(GradAggregator):
     ``weights`` is each task's exact coefficient; heads get their plain gradients (``head_scales`` 1).
 
     State: ``phi_hat`` per *ordered* task-name pair (i, j) (``phi`` is measured on the already
-    adjusted ``g_i'``, so it is not symmetric), kept across a missing task; saved in the checkpoint.
-    The random order is drawn from torch's global RNG (nothing drawn with two tasks).
+    adjusted ``g_i'``, so it is not symmetric), kept across a missing task; saved in the checkpoint
+    with the state of the method's own generator of the random orders (seeded with ``seed``, the
+    same on every rank whatever torch's global RNG does; nothing is drawn with two tasks).
 
     Args:
         beta: EMA rate of the targets (default 0.01, the paper's), ``0 < beta <= 1``.
+        seed: seed of the method's generator of orders (default 0).
 
     Departures: one group, all shared parameters (the paper also applies it per layer or per
     module); a pair where a gradient is zero is skipped (no cosine), and a target within 1e-12 of
     +-1 (unreachable) leaves the pair unadjusted but still updates the EMA.
     """
 
-    def __init__(self, beta: float = 0.01, tasks=None):
+    def __init__(self, beta: float = 0.01, seed: int = 0, tasks=None):
         super().__init__(tasks)
-        if not (isinstance(beta, (int, float)) and 0 < beta <= 1):
-            raise ValueError(f'GradVacAggregator.beta must be in (0, 1], got {beta!r}')
-        self.beta = float(beta)
+        self.beta = float(check_number('GradVacAggregator', 'beta', beta, low=0, high=1, low_open=True))
+        self.seed = check_seed('GradVacAggregator', seed)
+        self._gen = torch.Generator().manual_seed(seed)
         self._targets: Dict[str, Dict[str, float]] = {}
 
     def target(self, i: str, j: str) -> float:
@@ -56,7 +59,7 @@ class GradVacAggregator(GradAggregator):
         norms = np.sqrt(np.clip(np.diag(K), 0.0, None))
         C = np.eye(T)
         for i in range(T):
-            for j in random_order(T, i):
+            for j in random_order(T, i, self._gen):
                 norm_i = math.sqrt(max(float(C[i] @ K @ C[i]), 0.0))
                 if norm_i <= 0 or norms[j] <= 0:
                     continue
@@ -65,7 +68,7 @@ class GradVacAggregator(GradAggregator):
                 if phi < target and 1.0 - target ** 2 > _TARGET_LIMIT:
                     root_t = math.sqrt(1.0 - target ** 2)
                     C[i, j] += norm_i * (target * math.sqrt(1.0 - phi ** 2) - phi * root_t) / (norms[j] * root_t)
-                self._targets.setdefault(tasks[i], {})[tasks[j]] = (1 - self.beta) * target + self.beta * phi
+                self._targets.setdefault(tasks[i], {})[tasks[j]] = float((1 - self.beta) * target + self.beta * phi)
         return C
 
     def aggregate(self, grads, losses, head_norms=None, tasks=None):
@@ -73,8 +76,10 @@ class GradVacAggregator(GradAggregator):
         return make_result(grads, self.coefficients(gram_matrix(grads), tasks).sum(0))
 
     def state_dict(self):
-        return dict(targets={i: dict(row) for i, row in self._targets.items()})
+        return dict(targets={i: dict(row) for i, row in self._targets.items()}, generator=self._gen.get_state())
 
     def load_state_dict(self, state):
         self._targets = {str(i): {str(j): float(v) for j, v in row.items()}
                          for i, row in state.get('targets', {}).items()}
+        if 'generator' in state:
+            self._gen.set_state(state['generator'])

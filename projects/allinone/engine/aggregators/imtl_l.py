@@ -6,7 +6,7 @@ import torch
 
 from ...registry import AGGREGATORS
 from ._scalar_optim import ScalarOptimizer
-from .base import LinearAggregator
+from .base import LinearAggregator, check_number
 
 
 class LossScales:
@@ -18,8 +18,7 @@ class LossScales:
     """
 
     def __init__(self, owner: str, lr: float, optimizer: str, init: float):
-        if not (isinstance(init, (int, float)) and math.isfinite(init)):
-            raise ValueError(f'{owner}.init must be a finite number, got {init!r}')
+        check_number(owner, 'init', init)
         self.opt = ScalarOptimizer(optimizer, lr, owner=owner)
         self.init = float(init)
         self.s: Dict[str, float] = {}

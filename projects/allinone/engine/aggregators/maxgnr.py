@@ -10,7 +10,7 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from ...registry import AGGREGATORS
-from .base import AggregateResult, GradAggregator
+from .base import AggregateResult, GradAggregator, check_number, check_seed
 
 _P = 2 ** 31 - 1       # Mersenne prime of the hash family
 _CHUNK = 1 << 22       # coordinates hashed at a time (bounds the temporary memory)
@@ -155,21 +155,15 @@ class MaxGNRAggregator(GradAggregator):
                  sketch_dim: Optional[int] = 4096, seed: int = 0, min_ratio: float = 1e-3, max_iter: int = 100,
                  tasks=None):
         super().__init__(tasks)
+        owner = 'MaxGNRAggregator'
         for name, value in (('beta', beta), ('mean_beta', mean_beta)):
-            if not (isinstance(value, (int, float)) and 0 <= value < 1):
-                raise ValueError(f'MaxGNRAggregator.{name} must lie in [0, 1), got {value!r}')
-        if not (isinstance(warmup, int) and warmup >= 2):
-            raise ValueError(f'MaxGNRAggregator.warmup must be an integer >= 2, got {warmup!r}')
-        if not (isinstance(update_interval, int) and update_interval >= 1):
-            raise ValueError(f'MaxGNRAggregator.update_interval must be an integer >= 1, got {update_interval!r}')
-        if sketch_dim is not None and not (isinstance(sketch_dim, int) and sketch_dim >= 1):
-            raise ValueError(f'MaxGNRAggregator.sketch_dim must be None or an integer >= 1, got {sketch_dim!r}')
-        if not isinstance(seed, int):
-            raise ValueError(f'MaxGNRAggregator.seed must be an int, got {seed!r}')
-        if not (isinstance(min_ratio, (int, float)) and 0 < min_ratio < 1):
-            raise ValueError(f'MaxGNRAggregator.min_ratio must lie in (0, 1), got {min_ratio!r}')
-        if not (isinstance(max_iter, int) and max_iter >= 1):
-            raise ValueError(f'MaxGNRAggregator.max_iter must be an integer >= 1, got {max_iter!r}')
+            check_number(owner, name, value, low=0, high=1, high_open=True)
+        check_number(owner, 'warmup', warmup, low=2, integer=True)
+        check_number(owner, 'update_interval', update_interval, low=1, integer=True)
+        check_number(owner, 'sketch_dim', sketch_dim, low=1, integer=True, none_ok=True)
+        check_seed(owner, seed)
+        check_number(owner, 'min_ratio', min_ratio, low=0, high=1, low_open=True, high_open=True)
+        check_number(owner, 'max_iter', max_iter, low=1, integer=True)
         self.beta, self.mean_beta = float(beta), float(mean_beta)
         self.warmup, self.update_interval = warmup, update_interval
         self.sketch_dim, self.seed = sketch_dim, seed
@@ -270,6 +264,11 @@ class MaxGNRAggregator(GradAggregator):
         """The weights the next step will use (for logs and tests)."""
         tasks = self.tasks if tasks is None else list(tasks)
         return torch.tensor([self._w.get(t, 1.0) for t in tasks], dtype=torch.float64)
+
+    @property
+    def fallbacks(self) -> int:
+        """Solves that failed (the best point found or the last weights were used instead)."""
+        return self._failures
 
     @property
     def solver_failures(self) -> int:

@@ -5,7 +5,7 @@ import numpy as np
 
 from ...registry import AGGREGATORS
 from ._gram import gram_matrix, make_result, min_norm_weights
-from .base import GradAggregator
+from .base import GradAggregator, check_choice
 
 NORMALIZATIONS = ('none', 'l2', 'loss', 'loss+')
 
@@ -40,10 +40,7 @@ class MGDAAggregator(GradAggregator):
 
     def __init__(self, normalization: str = 'none', tasks=None):
         super().__init__(tasks)
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f'MGDAAggregator.normalization must be one of {NORMALIZATIONS}, '
-                             f'got {normalization!r}')
-        self.normalization = normalization
+        self.normalization = check_choice('MGDAAggregator', 'normalization', normalization, NORMALIZATIONS)
 
     def normalizers(self, K: np.ndarray, losses) -> np.ndarray:
         norms = np.sqrt(np.clip(np.diag(K), 0.0, None))

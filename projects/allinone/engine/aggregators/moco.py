@@ -1,5 +1,4 @@
 """MoCo: multi-objective gradient correction (Fernando, Shen, Liu, Chaudhury, Murugesan, Chen; ICLR 2023)."""
-import math
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -7,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ...registry import AGGREGATORS
-from .base import AggregateResult, GradAggregator
+from .base import AggregateResult, GradAggregator, check_number
 
 NORMALIZE = ('loss', 'none')
 LAMBDA_UPDATES = ('softmax', 'simplex')
@@ -72,13 +71,10 @@ class MoCoAggregator(GradAggregator):
     def __init__(self, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1, gamma_sigma: float = 0.5,
                  rho: float = 0.0, normalize: str = 'loss', lambda_update: str = 'softmax', tasks=None):
         super().__init__(tasks)
-        if not (isinstance(beta, (int, float)) and 0 < beta <= 1):
-            raise ValueError(f'MoCoAggregator.beta must lie in (0, 1], got {beta!r}')
+        check_number('MoCoAggregator', 'beta', beta, low=0, high=1, low_open=True)
         for name, value in (('beta_sigma', beta_sigma), ('gamma_sigma', gamma_sigma), ('rho', rho)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f'MoCoAggregator.{name} must be a finite number >= 0, got {value!r}')
-        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
-            raise ValueError(f'MoCoAggregator.gamma must be a finite number > 0, got {gamma!r}')
+            check_number('MoCoAggregator', name, value, low=0)
+        check_number('MoCoAggregator', 'gamma', gamma, low=0, low_open=True)
         if normalize not in NORMALIZE:
             raise ValueError(f'MoCoAggregator.normalize must be one of {NORMALIZE}, got {normalize!r}')
         if lambda_update not in LAMBDA_UPDATES:

@@ -8,7 +8,7 @@ from scipy.optimize import minimize
 
 from ...registry import AGGREGATORS
 from ._gram import gram_matrix, make_result
-from .base import GradAggregator
+from .base import GradAggregator, check_number
 
 
 @AGGREGATORS.register_module()
@@ -42,22 +42,24 @@ class NashMTLAggregator(GradAggregator):
             its iterations at a residual norm of 1e-3).
         max_iter: solver iterations (default 100).
 
-    Departures: a task whose shared gradient is exactly zero has no utility (``log 0``): it is
-    left out of the solve; its shared weight is 0 and its head gets the mean alpha of the others.
+    Departures: the official code divides the Gram matrix by its Frobenius norm and uses the alpha
+    of that normalised problem as the weights, i.e. ``sqrt(||K||_F)`` times the alpha of the raw
+    Gram matrix solved here (the paper's equation). The shared update's direction is the same, and
+    its length too whenever the ``max_norm`` clip binds; the heads, scaled by alpha and not clipped,
+    get ``1 / sqrt(||K||_F)`` of the official code's step (smaller when the gradients are large, larger
+    when they are small), and so does the shared update when the clip does not bind. A task whose
+    shared gradient is exactly zero has no utility (``log 0``): it is left out of the solve; its
+    shared weight is 0 and its head gets the mean alpha of the others.
     """
 
     def __init__(self, update_weights_every: int = 1, max_norm: float = 1.0, tol: float = 1e-5,
                  max_iter: int = 100, tasks=None):
         super().__init__(tasks)
-        if not (isinstance(update_weights_every, int) and update_weights_every >= 1):
-            raise ValueError(f'NashMTLAggregator.update_weights_every must be an int >= 1, '
-                             f'got {update_weights_every!r}')
-        if not (isinstance(max_norm, (int, float)) and max_norm >= 0):
-            raise ValueError(f'NashMTLAggregator.max_norm must be >= 0 (0: no clip), got {max_norm!r}')
-        if not (isinstance(tol, (int, float)) and tol > 0):
-            raise ValueError(f'NashMTLAggregator.tol must be > 0, got {tol!r}')
-        if not (isinstance(max_iter, int) and max_iter >= 1):
-            raise ValueError(f'NashMTLAggregator.max_iter must be an int >= 1, got {max_iter!r}')
+        owner = 'NashMTLAggregator'
+        check_number(owner, 'update_weights_every', update_weights_every, low=1, integer=True)
+        check_number(owner, 'max_norm', max_norm, low=0)  # 0: no clip
+        check_number(owner, 'tol', tol, low=0, low_open=True)
+        check_number(owner, 'max_iter', max_iter, low=1, integer=True)
         self.update_weights_every = update_weights_every
         self.max_norm = float(max_norm)
         self.tol = float(tol)

@@ -1,9 +1,12 @@
 """PCGrad: gradient surgery by projecting conflicting gradients (Yu et al., NeurIPS 2020)."""
+from typing import Dict
+
 import numpy as np
+import torch
 
 from ...registry import AGGREGATORS
 from ._gram import gram_matrix, make_result, random_order
-from .base import GradAggregator
+from .base import GradAggregator, check_choice, check_seed
 
 
 @AGGREGATORS.register_module()
@@ -18,34 +21,35 @@ class PCGradAggregator(GradAggregator):
     matrix with a coefficient matrix ``C`` (``g_i^PC = C[i] @ G``), so ``weights = C.sum(0)`` is
     exactly each task's coefficient on the shared update.
 
-    The random order is drawn per task from torch's global RNG (``torch.randperm``), so seeded runs
-    are reproducible and a resumed run that restores the RNG continues the same sequence; with two
-    tasks there is nothing to draw and the RNG is not touched. Heads: each task's own parameters
-    get its plain gradient (``head_scales`` 1), as in the paper (surgery acts on shared
-    parameters only).
+    The random order is drawn per task from a generator the method owns, seeded with ``seed``
+    (the same on every rank, so data-parallel replicas project in the same order whatever
+    ``randomness.diff_rank_seed`` does to torch's global RNG); its state is saved in the checkpoint,
+    so a resumed run continues the same sequence. With two tasks there is nothing to draw. Heads:
+    each task's own parameters get its plain gradient (``head_scales`` 1), as in the paper (surgery
+    acts on shared parameters only).
 
     Args:
         reduction: ``'sum'`` (paper, default) or ``'mean'`` of the projected gradients
             (the mean is what some re-implementations, e.g. Pytorch-PCGrad, use).
+        seed: seed of the method's generator of projection orders (default 0).
 
     Departures: none in the arithmetic (the projections are the paper's, done on float64 dot
     products); the official TensorFlow code shuffles once per step for all tasks, here each task
     draws its own order as in the paper's Algorithm 1. A zero gradient is never projected on.
     """
 
-    def __init__(self, reduction: str = 'sum', tasks=None):
+    def __init__(self, reduction: str = 'sum', seed: int = 0, tasks=None):
         super().__init__(tasks)
-        if reduction not in ('sum', 'mean'):
-            raise ValueError(f"PCGradAggregator.reduction must be 'sum' or 'mean', got {reduction!r}")
-        self.reduction = reduction
+        self.reduction = check_choice('PCGradAggregator', 'reduction', reduction, ('sum', 'mean'))
+        self.seed = check_seed('PCGradAggregator', seed)
+        self._gen = torch.Generator().manual_seed(seed)
 
-    @staticmethod
-    def coefficients(K: np.ndarray) -> np.ndarray:
-        """``C`` with ``g_i^PC = C[i] @ G`` for the Gram matrix ``K = G G^T``."""
+    def coefficients(self, K: np.ndarray) -> np.ndarray:
+        """``C`` with ``g_i^PC = C[i] @ G`` for the Gram matrix ``K = G G^T`` (draws the orders)."""
         T = len(K)
         C = np.eye(T)
         for i in range(T):
-            for j in random_order(T, i):
+            for j in random_order(T, i, self._gen):
                 if K[j, j] <= 0:
                     continue
                 dot = float(C[i] @ K[:, j])
@@ -60,3 +64,10 @@ class PCGradAggregator(GradAggregator):
         if self.reduction == 'mean':
             weights = weights / T
         return make_result(grads, weights)
+
+    def state_dict(self) -> Dict:
+        return dict(generator=self._gen.get_state())
+
+    def load_state_dict(self, state: Dict) -> None:
+        if 'generator' in state:
+            self._gen.set_state(state['generator'])

@@ -1,11 +1,10 @@
 """Random Loss Weighting (Lin, Ye, Zhang and Tsang, TMLR 2022)."""
-import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator
+from .base import LinearAggregator, check_number, check_seed
 
 
 @AGGREGATORS.register_module()
@@ -24,25 +23,22 @@ class RLWAggregator(LinearAggregator):
     Args:
         total: the sum of the weights (default 1.0 as in the paper; ``T`` gives the scale of the
             summed loss, which matters with SGD, hardly with Adam).
-        seed: ``None`` (default): draw from torch's global RNG, so a run is reproducible under
-            ``torch.manual_seed``/mmengine's seed. An int: draw from a private generator seeded with
-            it, whose state is saved in the checkpoint, so a resumed run continues the same sequence
-            (mmengine does not restore the global RNG on resume) and all ranks of a distributed run
-            draw the same weights whatever else uses the global RNG.
+        seed: seed of the generator the weights are drawn from (default 0). The generator is the
+            method's own, never torch's global RNG: every rank of a data-parallel run draws the same
+            weights (under ``randomness.diff_rank_seed`` the global RNG differs per rank), nothing
+            else the run draws shifts the sequence, and its state is saved in the checkpoint, so a
+            resumed run continues it. Two runs that should draw different weights take different
+            seeds.
 
     Departures: none in the weighting; the drawn-but-unused weights of the step in progress are
     saved in the checkpoint so that a resume uses them.
     """
 
-    def __init__(self, total: float = 1.0, seed: Optional[int] = None, tasks=None):
+    def __init__(self, total: float = 1.0, seed: int = 0, tasks=None):
         super().__init__(tasks)
-        if not (isinstance(total, (int, float)) and math.isfinite(total) and total > 0):
-            raise ValueError(f'RLWAggregator.total must be a finite number > 0, got {total!r}')
-        if seed is not None and not isinstance(seed, int):
-            raise ValueError(f'RLWAggregator.seed must be None or an int, got {seed!r}')
-        self.total = float(total)
-        self.seed = seed
-        self._gen = None if seed is None else torch.Generator().manual_seed(seed)
+        self.total = float(check_number('RLWAggregator', 'total', total, low=0, low_open=True))
+        self.seed = check_seed('RLWAggregator', seed)
+        self._gen = torch.Generator().manual_seed(seed)
         self._next: Dict[str, float] = {}   # the weights of the next (or current) step
 
     def _draw(self, tasks: Sequence[str]) -> None:
@@ -84,12 +80,9 @@ class RLWAggregator(LinearAggregator):
         return torch.tensor([self._next[t] for t in tasks], dtype=torch.float64)
 
     def state_dict(self) -> Dict:
-        state = dict(next=dict(self._next))
-        if self._gen is not None:
-            state['generator'] = self._gen.get_state()
-        return state
+        return dict(next=dict(self._next), generator=self._gen.get_state())
 
     def load_state_dict(self, state: Dict) -> None:
         self._next = {k: float(v) for k, v in state.get('next', {}).items()}
-        if self._gen is not None and 'generator' in state:
+        if 'generator' in state:
             self._gen.set_state(state['generator'])

@@ -7,7 +7,7 @@ import torch
 from mmengine.logging import print_log
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator
+from .base import LinearAggregator, check_number
 
 #: largest exponent a task factor may carry into the float32 streaming buffer (e^60 ~ 1e26)
 _EXP_LIMIT = 60.0
@@ -47,14 +47,10 @@ class STCHAggregator(LinearAggregator):
     def __init__(self, mu: float = 1.0, warmup: int = 100, nadir_steps: int = 20, eps: float = 1e-8,
                  tasks=None):
         super().__init__(tasks)
-        if not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu > 0):
-            raise ValueError(f'STCHAggregator.mu must be a finite number > 0, got {mu!r}')
-        if not (isinstance(nadir_steps, int) and nadir_steps >= 1):
-            raise ValueError(f'STCHAggregator.nadir_steps must be an int >= 1, got {nadir_steps!r}')
-        if not (isinstance(warmup, int) and warmup >= nadir_steps):
-            raise ValueError(f'STCHAggregator.warmup must be an int >= nadir_steps ({nadir_steps}), got {warmup!r}')
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f'STCHAggregator.eps must be a finite number > 0, got {eps!r}')
+        check_number('STCHAggregator', 'mu', mu, low=0, low_open=True)
+        check_number('STCHAggregator', 'nadir_steps', nadir_steps, low=1, integer=True)
+        check_number('STCHAggregator', 'warmup', warmup, low=nadir_steps, integer=True)  # nadir from warm-up steps
+        check_number('STCHAggregator', 'eps', eps, low=0, low_open=True)
         self.mu, self.warmup, self.nadir_steps, self.eps = float(mu), warmup, nadir_steps, float(eps)
         self._step = 0                               # aggregated steps so far
         self._sum: Dict[str, float] = {}             # nadir window: sum of each task's losses

@@ -2,7 +2,7 @@
 import torch
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator
+from .base import LinearAggregator, check_choice, check_number
 
 EPS = 1e-6
 
@@ -25,25 +25,29 @@ class TBGCAggregator(LinearAggregator):
         rescale: ``None`` (paper: clip only) or the common norm every clipped task gradient is
             rescaled to: a number, or ``'min'``/``'mean'``/``'max'`` of the clipped norms. With a
             rescale a task whose clip does not bind is scaled *up* to the common norm.
-        head_max_norm: ``None`` (paper: heads scaled by their task's factor) or a float: clip each
-            task's head gradient with its own norm and this threshold instead.
+        head_max_norm: ``None`` (paper: heads scaled by their task's factor) or a number > 0: clip
+            each task's head gradient with its own norm and this threshold instead.
+
+    Every threshold must be a finite number > 0: a negative one would turn the heads' (or the
+    backbone's) step into gradient ascent, 0 would freeze them, and ``True`` is not a norm.
     """
 
     def __init__(self, max_norm: float = 0.1, norm_on: str = 'shared', rescale=None,
                  head_max_norm=None, tasks=None):
         super().__init__(tasks)
-        if max_norm <= 0:
-            raise ValueError(f'TBGCAggregator.max_norm must be > 0, got {max_norm}')
-        if norm_on not in ('shared', 'all'):
-            raise ValueError(f"TBGCAggregator.norm_on must be 'shared' or 'all', got {norm_on!r}")
-        if not (rescale is None or rescale in ('min', 'mean', 'max')
-                or (isinstance(rescale, (int, float)) and rescale > 0)):
-            raise ValueError(f"TBGCAggregator.rescale must be None, a positive number or 'min'/'mean'/'max', "
-                             f'got {rescale!r}')
-        self.max_norm = float(max_norm)
-        self.norm_on = norm_on
+        owner = 'TBGCAggregator'
+        self.max_norm = float(check_number(owner, 'max_norm', max_norm, low=0, low_open=True))
+        self.norm_on = check_choice(owner, 'norm_on', norm_on, ('shared', 'all'))
+        if rescale is not None and rescale not in ('min', 'mean', 'max'):
+            try:
+                rescale = float(check_number(owner, 'rescale', rescale, low=0, low_open=True))
+            except ValueError:
+                raise ValueError(f"{owner}.rescale must be None, a finite number > 0 or 'min'/'mean'/'max', "
+                                 f'got {rescale!r}') from None
         self.rescale = rescale
-        self.head_max_norm = None if head_max_norm is None else float(head_max_norm)
+        self.head_max_norm = check_number(owner, 'head_max_norm', head_max_norm, low=0, low_open=True, none_ok=True)
+        if self.head_max_norm is not None:
+            self.head_max_norm = float(self.head_max_norm)
 
     def _task_norm(self, norm, head_norm):
         return norm if self.norm_on == 'shared' else (norm ** 2 + head_norm ** 2) ** 0.5

@@ -6,7 +6,7 @@ import torch
 
 from ...registry import AGGREGATORS
 from ._scalar_optim import ScalarOptimizer
-from .base import LinearAggregator
+from .base import LinearAggregator, check_number
 
 #: (a, b) of the per-task objective ``a exp(-s) L + b s`` with ``s = log sigma^2``
 KINDS = dict(simple=(1.0, 1.0), regression=(0.5, 0.5), classification=(1.0, 0.5))
@@ -51,17 +51,23 @@ class UncertaintyAggregator(LinearAggregator):
         super().__init__(tasks)
         kinds = kind if isinstance(kind, dict) else dict(default=kind)
         for name, k in kinds.items():
-            if k not in KINDS:
-                raise ValueError(f'UncertaintyAggregator.kind must be one of {sorted(KINDS)} or a dict of '
-                                 f'them, got {k!r} for {name!r}')
-        if not (isinstance(init, (int, float)) and math.isfinite(init)):
-            raise ValueError(f'UncertaintyAggregator.init must be a finite number, got {init!r}')
+            if not (isinstance(k, str) and k in KINDS) or not isinstance(name, str):
+                raise ValueError(f'UncertaintyAggregator.kind must be one of {sorted(KINDS)} or a dict '
+                                 f'{{task: kind}} of them, got {k!r} for {name!r}')
+        check_number('UncertaintyAggregator', 'init', init)
         self._opt = ScalarOptimizer(optimizer, lr, owner='UncertaintyAggregator')
         self.kind = kind
         self.init = float(init)
         self.lr = float(lr)
         self.optimizer = optimizer
         self._s: Dict[str, float] = {}
+
+    def bind(self, tasks):
+        super().bind(tasks)
+        unknown = sorted(set(self.kind) - set(self.tasks)) if isinstance(self.kind, dict) else []
+        if unknown:
+            raise ValueError(f'UncertaintyAggregator.kind names tasks {unknown} that the model does not have '
+                             f'(tasks: {self.tasks})')
 
     def _ab(self, task):
         kind = self.kind.get(task, 'simple') if isinstance(self.kind, dict) else self.kind

@@ -1,11 +1,11 @@
 """UPGrad: unconflicting projection of gradients (Quinton and Rey, arXiv 2406.16232)."""
-import math
 from typing import Dict, List, Optional
 
 import numpy as np
 
 from ...registry import AGGREGATORS
 from ._dual_cone import project_weights
+from .base import check_number
 from .gramian import GramianAggregator
 
 
@@ -16,8 +16,7 @@ def check_preference(owner: str, pref: Optional[Dict[str, float]]) -> Optional[D
     if not isinstance(pref, dict):
         raise ValueError(f'{owner}.pref must be None or a dict {{task: weight}}, got {pref!r}')
     for task, w in pref.items():
-        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-            raise ValueError(f'{owner}.pref[{task!r}] must be a finite number >= 0, got {w!r}')
+        check_number(owner, f'pref[{task!r}]', w, low=0)
     return {str(k): float(v) for k, v in pref.items()}
 
 
@@ -61,9 +60,7 @@ class UPGradAggregator(GramianAggregator):
     def __init__(self, pref: Optional[Dict[str, float]] = None, reg_eps: float = 0.0, tasks=None):
         super().__init__(tasks)
         self.pref = check_preference('UPGradAggregator', pref)
-        if not (isinstance(reg_eps, (int, float)) and math.isfinite(reg_eps) and reg_eps >= 0):
-            raise ValueError(f'UPGradAggregator.reg_eps must be a finite number >= 0, got {reg_eps!r}')
-        self.reg_eps = float(reg_eps)
+        self.reg_eps = float(check_number('UPGradAggregator', 'reg_eps', reg_eps, low=0))
 
     def bind(self, tasks):
         super().bind(tasks)

@@ -10,14 +10,20 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from torch import Tensor, nn
 
 from ...registry import OPTIM_WRAPPERS
-from ..aggregators.base import GradAggregator, build_aggregator
+from ..aggregators.base import NORM_CHUNK, GradAggregator, build_aggregator
 
 
 def _total_norm(grads: Sequence[Tensor]) -> float:
-    grads = [g for g in grads if g is not None]
-    if not grads:
+    """The 2-norm of all ``grads`` together: one norm per slice of at most ``NORM_CHUNK`` entries,
+    combined in float64 (one float32 norm over millions of entries loses a good part of its small
+    squares; the matrix path's :func:`row_norms` slices the same way, so both paths agree)."""
+    parts = []
+    for g in grads:
+        if g is not None:
+            parts.extend(g.reshape(-1).split(NORM_CHUNK) if g.numel() > NORM_CHUNK else [g])
+    if not parts:
         return 0.0
-    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(parts)).double()))
 
 
 def _add_scaled(acc: List[Optional[Tensor]], grads: List[Optional[Tensor]], factor: float) -> None:
@@ -45,9 +51,12 @@ class MultiTaskOptimWrapper(OptimWrapper):
     * any other aggregator gets the ``(T, n)`` matrix of task gradients.
 
     Every ``stats_interval`` updates the matrix path is taken even for streaming aggregators (same
-    result) to log the pairwise cosine similarity of the task gradients. Logged each iteration per
-    task ``{task}.grad_norm`` (shared, before aggregation), ``{task}.grad_norm_agg`` (its norm as it
-    enters the sum) and ``{task}.weight``.
+    result), so on those updates the ``(T, n)`` matrix is held, to log the pairwise cosine
+    similarities of the task gradients (``cos.{a}-{b}``, with ``cos.iter``: the 1-based iteration
+    they were computed at; between two such updates the log repeats them, and ``cos.iter`` says how
+    old they are). Logged each iteration per task ``{task}.grad_norm`` (shared, before aggregation),
+    ``{task}.grad_norm_agg`` (its norm as it enters the sum), ``{task}.weight`` and, once a task was
+    skipped, ``{task}.nonfinite_skips``; ``aggregator.fallbacks`` for methods with a solver.
 
     The global ``clip_grad`` of :class:`OptimWrapper` still applies to the combined gradient in
     :meth:`step` (the vanilla baseline: ``SumAggregator`` + ``clip_grad=dict(max_norm=0.1)``).
@@ -55,9 +64,15 @@ class MultiTaskOptimWrapper(OptimWrapper):
     mean of the k aggregated gradients.
 
     Data parallel: ``MultiTaskDistributedDataParallel`` attaches a ``TaskGradSync`` as
-    ``grad_sync``, which the hooks ``_after_task_backward`` (exact mode: average each task's
-    gradients over the ranks before they are measured), ``_sync_task_stats`` (approximate mode:
-    average the norms) and ``_before_step`` (approximate mode: average the combined gradient) call.
+    ``grad_sync``, which the hooks ``_before_task_backward`` / ``_after_task_backward`` (exact mode:
+    each bucket of the task's gradients is all-reduced asynchronously as soon as the backward has
+    produced it, and waited for only when the task's gradients are needed: at the next task's
+    ``backward_task`` or at :meth:`update_tasks`, so the transfer overlaps the rest of the backward
+    and the next task's forward), ``_sync_task_stats`` (approximate mode: average the norms) and
+    ``_before_step`` (approximate mode: average the combined gradient) call.
+
+    The non-finite skip counters and the aggregator's state are part of :meth:`state_dict` (so of
+    every checkpoint).
 
     Args:
         optimizer: the optimizer.
@@ -86,6 +101,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self._own: Dict[str, List[nn.Parameter]] = {}
         self.skipped = Counter()          # task -> number of non-finite steps skipped
         self.grad_sync = None             # set by MultiTaskDistributedDataParallel (TaskGradSync)
+        self._pending_task = None         # (task, loss value) whose gradients are still being reduced
         self.last_stats: Dict[str, float] = {}
         self._contributed = False         # any finite task gradient since the last step
         self._reset_pass()
@@ -161,14 +177,15 @@ class MultiTaskOptimWrapper(OptimWrapper):
                                        device=ref.device if ref is not None else 'cpu')
         return self._matrix[len(self._rows)]
 
-    def backward_task(self, task: str, loss: Optional[Tensor]) -> None:
+    def backward_task(self, task: str, loss: Tensor) -> None:
         """Backward of one task's loss; keeps its shared gradient apart from the other tasks'.
 
-        ``loss=None`` (data-parallel only): this rank has no batch of ``task`` this step but another
-        rank has; it takes part in the task's collectives with a zero gradient.
+        A task without a batch in this step is left out of the step (no call); under data parallel
+        every rank must then leave it out (``MultiTaskDistributedDataParallel`` checks).
         """
-        if loss is None and self.grad_sync is None:
-            raise ValueError(f'task {task!r}: loss=None is only meaningful under a data-parallel wrapper')
+        if loss is None:
+            raise ValueError(f'task {task!r}: no loss (loss=None); a task without a batch in this step is left '
+                             'out of it (every rank must draw the same tasks under data parallel)')
         if not self.is_bound:
             raise RuntimeError('MultiTaskOptimWrapper.bind(model.parameter_partition()) must be called '
                                'before backward_task')
@@ -176,16 +193,31 @@ class MultiTaskOptimWrapper(OptimWrapper):
             raise KeyError(f'unknown task {task!r}; the wrapper was bound to {list(self._own)}')
         if task in self._tasks_seen:
             raise RuntimeError(f'task {task!r} was backed twice in one iteration')
+        self._finish_pending()  # the previous task's reduced gradients (data parallel)
         shared, own = self._shared, self._own[task]
         if self._shared_stash is None:  # running total of earlier micro-steps (None in a plain step)
             self._shared_stash = [p.grad for p in shared]
         self._own_stash[task] = [p.grad for p in own]
         for p in shared + own:
             p.grad = None
-        if loss is not None:
-            self._backward(loss)
+        loss_value = float(loss.detach())
+        self._before_task_backward(task, shared, own, loss_value)
+        self._backward(loss)
+        if self.grad_sync is not None:  # launch what the backward did not complete, before any other collective
+            self.grad_sync.end_task_backward()
         self._tasks_seen.append(task)
-        loss_value = self._after_task_backward(task, shared, own, 0.0 if loss is None else float(loss.detach()))
+        self._pending_task = (task, loss_value)
+        if not self._overlaps():
+            self._finish_pending()
+
+    def _finish_pending(self) -> None:
+        """Measure, check and aggregate the last backed task, once its gradients are final."""
+        if self._pending_task is None:
+            return
+        task, loss_value = self._pending_task
+        self._pending_task = None
+        shared, own = self._shared, self._own[task]
+        loss_value = self._after_task_backward(task, shared, own, loss_value)
 
         inv = 1.0 / self._grad_scale()
         g_shared = [p.grad for p in shared]
@@ -223,9 +255,20 @@ class MultiTaskOptimWrapper(OptimWrapper):
 
     # ---------------------------------------------------------------- data-parallel hooks
     # No-ops in one process; MultiTaskDistributedDataParallel attaches a TaskGradSync (grad_sync).
+    def _overlaps(self) -> bool:
+        """Whether a task's gradients are still in flight after its backward (exact data parallel):
+        then the wrapper reads them at the next task's ``backward_task`` or at ``update_tasks``."""
+        return self.grad_sync is not None and self.grad_sync.overlaps
+
+    def _before_task_backward(self, task: str, shared: List[nn.Parameter], own: List[nn.Parameter],
+                              loss_value: float) -> None:
+        """Just before ``task``'s backward (its ``.grad`` are all ``None``)."""
+        if self.grad_sync is not None:
+            self.grad_sync.before_task_backward(task, shared, own, loss_value)
+
     def _after_task_backward(self, task: str, shared: List[nn.Parameter], own: List[nn.Parameter],
                              loss_value: float) -> float:
-        """Right after ``task``'s backward, while ``.grad`` of ``shared`` + ``own`` holds only that
+        """When ``task``'s gradients are needed, while ``.grad`` of ``shared`` + ``own`` holds only that
         task's gradient (in the loss-scaled space under AMP). Returns the loss value to use."""
         if self.grad_sync is None:
             return loss_value
@@ -295,6 +338,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
         """Combine the task gradients of this iteration into ``.grad`` and step when due."""
         if not self.is_bound:
             raise RuntimeError('update_tasks called before bind()')
+        self._finish_pending()
         k = self._loss_divisor()  # before the count moves, as mmengine's scale_loss
         cos_due = self._stats_due()
         self._inner_count += 1
@@ -312,7 +356,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
                     if g is not None:
                         g.mul_(hs / k * self._local_weight(t))
                     p.grad = g if total is None else (total if g is None else total.add_(g))
-            self._log(tasks, weights, norms, losses, cos)
+            self._log(tasks, weights, norms, losses, cos, cos_iter=self._inner_count)
         else:
             for p, total in zip(self._shared, shared_stash):
                 p.grad = total
@@ -328,7 +372,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
             self.zero_grad()
             self._contributed = False
 
-    def _log(self, tasks, weights, norms, losses, cos) -> None:
+    def _log(self, tasks, weights, norms, losses, cos, cos_iter: int = 0) -> None:
         stats = OrderedDict()
         for i, t in enumerate(tasks):
             w = float(weights[i])
@@ -339,9 +383,12 @@ class MultiTaskOptimWrapper(OptimWrapper):
             for i in range(len(tasks)):
                 for j in range(i + 1, len(tasks)):
                     stats[f'cos.{tasks[i]}-{tasks[j]}'] = float(cos[i, j])
+            # the log shows the latest value of every scalar, so between two cosine updates it repeats
+            # them: this says which iteration (1-based, as the log's) they describe
+            stats['cos.iter'] = float(cos_iter)
         for t, n in self.skipped.items():
             stats[f'{t}.nonfinite_skips'] = float(n)
-        fallbacks = getattr(self.aggregator, 'fallbacks', None)  # solver failures (Nash-MTL, CAGrad)
+        fallbacks = self.aggregator.fallbacks  # solver failures (Nash-MTL, CAGrad, MaxGNR; summed in a chain)
         if fallbacks is not None:
             stats['aggregator.fallbacks'] = float(fallbacks)
         self.last_stats = stats
@@ -353,6 +400,8 @@ class MultiTaskOptimWrapper(OptimWrapper):
         agg = self.aggregator.state_dict()
         if agg:
             state['aggregator'] = agg
+        if self.skipped:
+            state['nonfinite_skips'] = {t: int(n) for t, n in self.skipped.items()}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -360,6 +409,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
         agg = state_dict.pop('aggregator', None)
         if agg is not None:
             self.aggregator.load_state_dict(agg)
+        self.skipped = Counter({str(t): int(n) for t, n in state_dict.pop('nonfinite_skips', {}).items()})
         super().load_state_dict(state_dict)
 
 
@@ -370,8 +420,12 @@ class MultiTaskAmpOptimWrapper(MultiTaskOptimWrapper, AmpOptimWrapper):
     Each task's loss is scaled by the loss scaler before its backward; its norms are divided by the
     scale before the aggregator sees them, the combined gradient stays in the scaled space and
     :meth:`AmpOptimWrapper.step` unscales it once (then the global clip, if any, and the step). A
-    task whose scaled gradient overflows is skipped for that step and the scale is backed off, as
-    GradScaler would after an overflow. Unlike mmengine's ``AmpOptimWrapper`` it also runs on CPU
+    task whose scaled gradient overflows is skipped for that step (the other tasks still update),
+    and the loss scale moves exactly as ``torch.amp.GradScaler``'s after an overflow: halved, its
+    growth count restarted, no growth on that step. The skipped task's gradient never reaches the
+    scaler, so its overflow is reported to it the way GradScaler learns of an overflow in one of
+    several optimizers: ``unscale_`` of a one-element probe optimizer whose gradient is inf, before
+    the step's ``update()``. Unlike mmengine's ``AmpOptimWrapper`` it also runs on CPU
     (``torch.amp.GradScaler('cpu')``, bf16 autocast), which is how it is tested here.
 
     Args:
@@ -401,6 +455,7 @@ class MultiTaskAmpOptimWrapper(MultiTaskOptimWrapper, AmpOptimWrapper):
             dtype = getattr(torch, dtype)
         self.cast_dtype = dtype
         self._overflowed = False
+        self._probe = None  # (parameter, optimizer) that reports a skipped task's overflow to the scaler
 
     def _backward(self, loss: Tensor) -> None:
         self.loss_scaler.scale(loss).backward()
@@ -411,15 +466,27 @@ class MultiTaskAmpOptimWrapper(MultiTaskOptimWrapper, AmpOptimWrapper):
     def _on_nonfinite(self, task: str) -> None:
         self._overflowed = True
 
-    def _back_off(self) -> None:
-        if self._overflowed and self._scale_update_param is None and self.loss_scaler.is_enabled():
-            new = self.loss_scaler.get_scale() * self.loss_scaler.get_backoff_factor()
-            self.loss_scaler.update(new_scale=float(new))
-        self._overflowed = False
+    def _report_overflow(self) -> None:
+        """Make the scaler's next ``update()`` see the inf of the task skipped since the last step."""
+        if not (self._overflowed and self.loss_scaler.is_enabled()):
+            return
+        if self._probe is None:
+            ref = next(p for g in self.optimizer.param_groups for p in g['params'])
+            param = torch.zeros(1, device=ref.device, requires_grad=True)
+            self._probe = (param, torch.optim.SGD([param], lr=0.0))
+        param, probe = self._probe
+        param.grad = torch.full_like(param, float('inf'))
+        self.loss_scaler.unscale_(probe)   # records found_inf for this (never stepped) optimizer
+        param.grad = None
 
     def _on_skipped_step(self) -> None:
-        self._back_off()
+        """No task contributed: no optimizer step, but the scale backs off as GradScaler's would."""
+        if self._overflowed and self.loss_scaler.is_enabled():
+            self._report_overflow()
+            self.loss_scaler.update(self._scale_update_param)
+        self._overflowed = False
 
     def step(self, **kwargs) -> None:
+        self._report_overflow()
         AmpOptimWrapper.step(self, **kwargs)
-        self._back_off()
+        self._overflowed = False
