@@ -6,12 +6,19 @@
 _base_ = ['./_base_/default_runtime.py', './_base_/datasets/track1.py']
 
 embed = 768
+# The backbone starts from ImageNet-21k pretraining (fine-tuned on ImageNet-1k at 384 px), mmpretrain's
+# model zoo `vit-base-p16_in21k-pre_3rdparty_in1k-384px`; its position embeddings are resized to 896 px
+# at load. Downloaded once into $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints).
+# A local file:  --cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth
+# From scratch:  --cfg-options model.backbone.init_cfg=None        (docs/training_recipes.md)
+pretrained = ('https://download.openmmlab.com/mmclassification/v0/vit/finetune/'
+              'vit-base-p16_in21k-pre-3rdparty_ft-64xb64_in1k-384_20210928-98e8652b.pth')
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     type='AllInOneModel',
     backbone=dict(_scope_='mmpretrain', type='VisionTransformer', arch='base', img_size=896, patch_size=16,
                   out_indices=(3, 5, 7, 11), out_type='featmap', drop_path_rate=0.5, final_norm=False,
-                  init_cfg=None),
+                  init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone')),
     tasks=dict(
         det=dict(
             _scope_='mmdet', type='DINO', num_queries=900, with_box_refine=True, as_two_stage=True,

@@ -63,6 +63,7 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     import projects.allinone  # noqa: F401  (registers the project's modules)
+    from projects.allinone.models.pretrained import check_pretrained
     from projects.allinone.utils import check_data
 
     setup_distributed(cfg)  # per-task DDP wrapper, gloo on CPU / nccl on GPU
@@ -76,6 +77,7 @@ def main(argv=None):
              'keep at least 2')
     if resume:
         cfg.resume, cfg.load_from = True, resolve_resume(resume, cfg.work_dir)
+    check_pretrained(cfg, say=_say)  # the backbone's weights can be had, or stop now naming them
     runner = Runner.from_cfg(cfg)
     runner.train()
 
