@@ -151,9 +151,12 @@ def load_report(module: nn.Module, loaded: Dict[str, tuple]) -> dict:
     for k, v in module.state_dict().items():
         if not k.endswith('num_batches_tracked'):
             model.setdefault(_source_key(k, per_task), tuple(v.shape))
+    buffers = {_source_key(k, per_task) for k, _ in module.named_buffers()}
     matched = [k for k, s in model.items() if loaded.get(k) == s]
     mismatched = [(k, loaded[k], s) for k, s in model.items() if k in loaded and loaded[k] != s]
-    missing = [k for k in model if k not in loaded]
+    # a buffer the checkpoint lacks (a Swin's relative_position_index) keeps the value the model computed
+    missing_buffers = [k for k in model if k not in loaded and k in buffers]
+    missing = [k for k in model if k not in loaded and k not in buffers]
     unexpected = [k for k in loaded if k not in model and not k.endswith('num_batches_tracked')]
     groups = OrderedDict()
     for kind, keys in (('matched', matched), ('mismatched', [k for k, _, _ in mismatched]),
@@ -165,8 +168,8 @@ def load_report(module: nn.Module, loaded: Dict[str, tuple]) -> dict:
         g = _module_group(k)
         if g in groups and g not in ordered:
             ordered[g] = groups[g]
-    return dict(total=len(model), matched=matched, mismatched=mismatched, missing=missing,
-                unexpected=unexpected, groups=ordered)
+    return dict(total=len(model) - len(missing_buffers), matched=matched, mismatched=mismatched, missing=missing,
+                missing_buffers=missing_buffers, unexpected=unexpected, groups=ordered)
 
 
 def format_load_report(report: dict, source: str) -> str:
@@ -178,6 +181,10 @@ def format_load_report(report: dict, source: str) -> str:
              f"  {'module'.ljust(width)}  matched  mismatched  missing  unexpected"]
     for g, m, mm, mi, u in rows:
         lines.append(f'  {g.ljust(width)}  {m:7d}  {mm:10d}  {mi:7d}  {u:10d}')
+    if report['missing_buffers']:
+        names = sorted({k.rsplit('.', 1)[-1] for k in report['missing_buffers']})
+        lines.append(f"  + {len(report['missing_buffers'])} buffers not in the checkpoint, kept as the model "
+                     f"computes them ({', '.join(names)})")
     for k, ck, md in report['mismatched']:
         lines.append(f'  shape mismatch {k}: checkpoint {list(ck)}, model {list(md)}')
     if report['missing']:
