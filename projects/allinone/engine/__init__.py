@@ -1,6 +1,7 @@
 from .aggregators import *  # noqa: F401,F403
 from .checkpoint import register_checkpoint_safe_globals
 from .drmgf import DRMGF, DRMGFTrainLoop
+from .ema import TiedExpMomentumEMA, TiedExponentialMovingAverage
 from .hooks import RandomStateHook
 from .layer_decay import AllInOneLayerDecayConstructor
 from .loops import MultiTaskTestLoop, MultiTaskTrainLoop, MultiTaskValLoop
@@ -9,4 +10,4 @@ from .optim_wrappers import MultiTaskAmpOptimWrapper, MultiTaskOptimWrapper
 
 __all__ = ['AllInOneLayerDecayConstructor', 'DRMGF', 'DRMGFTrainLoop', 'MultiTaskAmpOptimWrapper', 'MultiTaskDistributedDataParallel', 'MultiTaskOptimWrapper',
            'MultiTaskTestLoop', 'MultiTaskTrainLoop', 'MultiTaskValLoop', 'RandomStateHook',
-           'register_checkpoint_safe_globals']
+           'TiedExpMomentumEMA', 'TiedExponentialMovingAverage', 'register_checkpoint_safe_globals']
