@@ -88,3 +88,30 @@ param_scheduler = [
 ]
 default_hooks = dict(checkpoint=dict(interval=5000, max_keep_ckpts=3, save_best='leaderboard/A', rule='greater'))
 env_cfg = dict(dist_cfg=dict(backend='nccl'))
+
+# Test-time augmentation (tools/test.py ... --tta): every view (scales x horizontal flips) is predicted,
+# then merged by the task library's TTA model: detection boxes mapped back to the image + NMS,
+# segmentation the mean of the softmax maps, classification the mean of the scores.
+tta_model = dict(type='MultiTaskTTAModel', tta=dict(
+    det=dict(type='AllInOneDetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6), max_per_img=300)),
+    seg=dict(type='AllInOneSegTTAModel'),
+    cls=dict(_scope_='mmpretrain', type='AverageClsScoreTTA')))
+tta_flips = [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1., direction='horizontal')]
+tta_pipeline = dict(
+    det=[dict(type='LoadImageFromFile', backend_args=_base_.backend_args),
+         dict(type='TestTimeAug', transforms=[
+             [dict(type='Resize', scale=(int(_base_.det_scale[0] * r), int(_base_.det_scale[1] * r)), keep_ratio=True)
+              for r in (1.0, 1.25)],
+             tta_flips,
+             [dict(type='LoadAnnotations', with_bbox=True)],
+             [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                                    'scale_factor', 'flip', 'flip_direction'))]])],
+    seg=[dict(type='LoadImageFromFile', backend_args=_base_.backend_args),
+         dict(type='TestTimeAug', transforms=[
+             [dict(type='Resize', scale=(int(_base_.seg_scale[0] * r), int(_base_.seg_scale[1] * r)), keep_ratio=True)
+              for r in (0.75, 1.0, 1.25)],
+             tta_flips, [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])],
+    cls=[dict(type='LoadImageFromFile', backend_args=_base_.backend_args),
+         dict(type='ResizeEdge', scale=_base_.cls_size, edge='short'),
+         dict(type='CenterCrop', crop_size=_base_.cls_size),
+         dict(type='TestTimeAug', transforms=[tta_flips, [dict(type='PackInputs')]])])

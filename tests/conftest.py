@@ -97,5 +97,5 @@ def challenge_tree(tmp_path_factory):
     ``.train_root`` is a ``data_root`` for ``configs/_base_/datasets/track1.py``, ``.test_root`` the
     unlabeled test split. Written once per session: do not modify it (build your own with
     ``make_challenge_tree`` for that)."""
-    from tests.challenge_tree import make_challenge_tree
+    from challenge_tree import make_challenge_tree
     return make_challenge_tree(str(tmp_path_factory.mktemp('challenge_tree')))

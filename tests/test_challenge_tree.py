@@ -7,7 +7,7 @@ import os.path as osp
 import numpy as np
 from PIL import Image
 
-from tests.challenge_tree import TT100K_NOT_IN_CONFIG, make_challenge_tree
+from challenge_tree import TT100K_NOT_IN_CONFIG, make_challenge_tree
 
 
 def _files(root):

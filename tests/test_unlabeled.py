@@ -81,7 +81,7 @@ def test_categories_file_maps_ids_when_the_list_has_none(tmp_path, dataset_cls):
 
 def test_config_rewrite_drops_label_loading_and_scoring(demo_cfg, demo_data):
     from projects.allinone.utils import use_unlabeled_images
-    use_unlabeled_images(demo_cfg, 'det', f'{demo_data}/dec/val')
+    use_unlabeled_images(demo_cfg, 'dec', f'{demo_data}/dec/val')  # the challenge's key names the det task
     use_unlabeled_images(demo_cfg, 'seg', f'{demo_data}/seg/images/val')
     for task, scope in (('det', 'mmdet'), ('seg', 'mmseg')):
         ds = demo_cfg.test_dataloader[task].dataset
@@ -91,7 +91,7 @@ def test_config_rewrite_drops_label_loading_and_scoring(demo_cfg, demo_data):
     # detection ids come from the task's labeled annotation file
     assert demo_cfg.test_dataloader.det.dataset.categories_file.endswith('dec/val.json')
     assert demo_cfg.test_evaluator.cls is not None  # untouched tasks are still scored
-    with pytest.raises(KeyError, match='no test_dataloader.depth'):
+    with pytest.raises(KeyError, match=r"no task 'depth'; its tasks are det \(file key dec\), seg, cls"):
         use_unlabeled_images(demo_cfg, 'depth', f'{demo_data}/dec/val')
     with pytest.raises(FileNotFoundError, match='not a folder'):
         use_unlabeled_images(demo_cfg, 'cls', f'{demo_data}/cls/nowhere')

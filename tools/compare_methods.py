@@ -60,18 +60,13 @@ def child_config(base: str, method: str, path: str, max_iters=None, val_points=4
 
     from projects.allinone.engine.aggregators import method_config_overrides
     from projects.allinone.engine.aggregators.presets import merge_overrides
+    from projects.allinone.utils.schedule import scale_schedulers
     over = method_config_overrides(method, **context)
     over['optim_wrapper']['aggregator'] = dict(_delete_=True, **over['optim_wrapper']['aggregator'])
     if max_iters:
         cfg = Config.fromfile(base)
-        factor = max_iters / cfg.train_cfg.max_iters
-        scheds = []
-        for sch in over.get('param_scheduler', cfg.get('param_scheduler')) or []:
-            sch = dict(sch)
-            for key in ('begin', 'end'):
-                if key in sch and not sch.get('by_epoch', True):
-                    sch[key] = max(0 if key == 'begin' else 1, round(sch[key] * factor))
-            scheds.append(sch)
+        scheds = scale_schedulers(over.get('param_scheduler', cfg.get('param_scheduler')),
+                                  max_iters / cfg.train_cfg.max_iters)
         interval = max(1, max_iters // max(1, val_points))
         over = merge_overrides(over, dict(train_cfg=dict(max_iters=max_iters, val_interval=interval),
                                           param_scheduler=scheds,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate an AllInOne checkpoint on every task and print the leaderboard table.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--submit OUT.json]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--data-root DIR] [--submit OUT.json]
         [--images TASK=DIR ...] [--image-list TASK=FILE ...] [--tta] [--cfg-options k=v ...]
 
 With ``--images`` a task predicts on an unlabeled image folder (the challenge's test split) instead
@@ -24,7 +24,8 @@ def parse_args(argv=None):
                         help='also write the challenge submission file (cls / dec / seg)')
     parser.add_argument('--images', nargs='+', default=[], metavar='TASK=DIR',
                         help='predict TASK on the unlabeled images of DIR (format only: no labels read, '
-                        'not scored; use with --submit)')
+                        "not scored; use with --submit); TASK is the config's task name (det) or its key in "
+                        'the submission file (dec)')
     parser.add_argument('--image-list', nargs='+', default=[], metavar='TASK=FILE',
                         help="order/subset of TASK's --images: a text list (one name per line) or a COCO "
                         'json with "images" (its ids become the detection image_id)')
@@ -45,6 +46,18 @@ def _task_paths(items, option):
     return out
 
 
+def _by_task(cfg, paths, option):
+    """Keys given as the config's task names or the challenge file's keys (``dec``) -> task names."""
+    from projects.allinone.utils.unlabeled import resolve_task
+    out = {}
+    for name, path in paths.items():
+        task = resolve_task(cfg, name, option)
+        if task in out:
+            raise ValueError(f'{option}: task {task!r} given twice ({name}= and another name for it)')
+        out[task] = path
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
     checkpoint = osp.abspath(args.checkpoint)
@@ -52,9 +65,6 @@ def main(argv=None):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     submit = osp.abspath(args.submit) if args.submit else None
     images, lists = _task_paths(args.images, '--images'), _task_paths(args.image_list, '--image-list')
-    stray = set(lists) - set(images)
-    if stray:
-        raise ValueError(f'--image-list names task(s) {sorted(stray)} without --images')
     cfg = load_config(args)
 
     from mmengine.runner import Runner
@@ -62,6 +72,10 @@ def main(argv=None):
     import projects.allinone  # noqa: F401
     from projects.allinone.utils import check_data, use_unlabeled_images
 
+    images, lists = _by_task(cfg, images, '--images'), _by_task(cfg, lists, '--image-list')
+    stray = set(lists) - set(images)
+    if stray:
+        raise ValueError(f'--image-list names task(s) {sorted(stray)} without --images')
     if args.tta:
         from projects.allinone.engine.tta import use_tta
         print(f'test-time augmentation for task(s) {use_tta(cfg)}', file=sys.stderr)

@@ -1,13 +1,12 @@
 #!/usr/bin/env python
 """Train an AllInOne model (mmdet-style CLI).
 
-    python tools/train.py configs/allinone_demo.py [--work-dir DIR] [--amp] [--resume [CKPT]]
-        [--cfg-options k=v ...] [--launcher pytorch]
+    python tools/train.py configs/allinone_demo.py [--work-dir DIR] [--data-root DIR] [--max-iters N]
+        [--auto-scale-lr] [--amp] [--resume [CKPT]] [--cfg-options k=v ...] [--launcher pytorch]
 
 Several processes (GPUs, or CPU processes with gloo): ``tools/dist_train.sh CONFIG N [args]``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -15,7 +14,7 @@ from torch.distributed.elastic.multiprocessing.errors import record  # the error
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from projects.allinone.utils.cli import add_common_args, load_config, setup_distributed  # noqa: E402
+from projects.allinone.utils.cli import add_common_args, load_config, say as _say, setup_distributed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -24,13 +23,13 @@ def parse_args(argv=None):
                         help='resume from CKPT, or from the latest checkpoint of the work dir if no '
                         'path is given')
     parser.add_argument('--no-validate', action='store_true', help='skip validation during training')
+    parser.add_argument('--max-iters', type=int, metavar='N',
+                        help='train N iterations with every scheduler boundary, the validation and checkpoint '
+                        'intervals scaled by N / train_cfg.max_iters')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr by the batch per step (processes x per-GPU batch) over the '
+                        "config's auto_scale_lr.base_batch_size (mmdet's linear scaling)")
     return parser.parse_args(argv)
-
-
-def _say(msg: str) -> None:
-    """A message before the Runner's logger exists, once per job (rank 0)."""
-    if os.environ.get('RANK', '0') == '0':
-        print(msg, file=sys.stderr, flush=True)
 
 
 def resolve_resume(resume: str, work_dir: str):
@@ -66,6 +65,19 @@ def main(argv=None):
     from projects.allinone.models.pretrained import check_pretrained
     from projects.allinone.utils import check_data
 
+    from projects.allinone.utils.schedule import apply_max_iters, launcher_world_size, scale_lr_by_batch
+
+    if args.max_iters:
+        over = apply_max_iters(cfg, args.max_iters)
+        _say(f"--max-iters {args.max_iters}: schedule scaled ({over['train_cfg']}, schedulers "
+             f"{[(p.get('type'), p.get('begin'), p.get('end')) for p in over['param_scheduler']]})")
+    elif 'train_cfg.max_iters' in (args.cfg_options or {}):
+        _say('note: --cfg-options train_cfg.max_iters leaves the schedulers and intervals as configured; '
+             '--max-iters N scales them with it')
+    if args.auto_scale_lr:
+        cfg.setdefault('auto_scale_lr', {})['enable'] = True
+    if (cfg.get('auto_scale_lr') or {}).get('enable'):
+        _say(scale_lr_by_batch(cfg, launcher_world_size()))
     setup_distributed(cfg)  # per-task DDP wrapper, gloo on CPU / nccl on GPU
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None

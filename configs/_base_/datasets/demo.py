@@ -92,8 +92,9 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 
 val_evaluator = dict(
-    det=dict(_scope_='mmdet', type='CocoMetric', ann_file=data_root + 'dec/val.json', metric='bbox'),
-    seg=dict(_scope_='mmseg', type='IoUMetric', iou_metrics=['mIoU']),
+    # mmdet's CocoMetric / mmseg's IoUMetric with category ids by class name and a score per class
+    det=dict(_scope_='mmdet', type='ChallengeCocoMetric', ann_file=data_root + 'dec/val.json', metric='bbox'),
+    seg=dict(_scope_='mmseg', type='ChallengeIoUMetric', iou_metrics=['mIoU']),
     cls=dict(_scope_='mmpretrain', type='Accuracy', topk=(1, )),
 )
 test_evaluator = val_evaluator

@@ -96,6 +96,9 @@ def _loader(dataset, batch_size, shuffle, workers=4):
 
 
 # per-GPU batch sizes; x8 GPUs = the challenge baseline's seg 16 / cls 128 / det 16 per step
+# (README "Train for the challenge" has the table for 1, 2, 4 and 8 GPUs). Class-aware sampling of
+# the cars, as the baseline: train_dataloader = dict(cls=dict(sampler=dict(_delete_=True,
+#     type='ClassAwareSampler', num_sample_class=1)))   (mmdet's sampler; equal draws per class)
 train_dataloader = dict(
     det=_loader(dict(**det_dataset, ann_file='train.json', data_prefix=dict(img='train/'),
                      pipeline=det_train_pipeline), 2, True),
@@ -104,6 +107,9 @@ train_dataloader = dict(
     cls=_loader(dict(**cls_dataset, ann_file='train.txt', data_prefix='train', pipeline=cls_train_pipeline),
                 16, True),
 )
+# the batch the learning rate is set for (the baseline's 8 GPUs): `tools/train.py --auto-scale-lr`
+# scales the lr by the actual batch (GPUs x per-GPU batch) over this one, as mmdet does
+auto_scale_lr = dict(enable=False, base_batch_size=dict(det=16, seg=16, cls=128))
 val_dataloader = dict(
     det=_loader(dict(**det_dataset, ann_file='val.json', data_prefix=dict(img='val/'), test_mode=True,
                      pipeline=det_test_pipeline), 2, False),
@@ -114,8 +120,9 @@ val_dataloader = dict(
 )
 test_dataloader = val_dataloader
 val_evaluator = dict(
-    det=dict(_scope_='mmdet', type='CocoMetric', ann_file=data_root + 'dec/val.json', metric='bbox'),
-    seg=dict(_scope_='mmseg', type='IoUMetric', iou_metrics=['mIoU']),
+    # mmdet's CocoMetric / mmseg's IoUMetric with category ids by class name and a score per class
+    det=dict(_scope_='mmdet', type='ChallengeCocoMetric', ann_file=data_root + 'dec/val.json', metric='bbox'),
+    seg=dict(_scope_='mmseg', type='ChallengeIoUMetric', iou_metrics=['mIoU']),
     cls=dict(_scope_='mmpretrain', type='Accuracy', topk=(1, )),
 )
 test_evaluator = val_evaluator

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 from mmengine.dataset import BaseDataset
 from mmengine.registry import DATASETS as ROOT_DATASETS
 
-from .checked import BadInputError
+from .checked import BadInputError, categories_problem, category_ids_by_name, classes_from_categories
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -98,7 +98,11 @@ class UnlabeledImageDataset(BaseDataset):
         return entries
 
     def _category_ids(self) -> List[int]:
-        """Category id of each class of ``metainfo`` (detection results are written with these)."""
+        """Category id of each class of ``metainfo``, by name (detection results are written with these).
+
+        A config without classes takes the categories' names in the order of their ids, as
+        :class:`ChallengeCocoDataset` does, so the labels mean what they meant in training.
+        """
         classes = list(self.metainfo.get('classes') or [])
         cats, source = self._categories, self.ann_file
         if not cats and self.categories_file:
@@ -107,8 +111,13 @@ class UnlabeledImageDataset(BaseDataset):
                 cats = json.load(f).get('categories')
         if not cats:
             return list(range(1, len(classes) + 1))
-        by_name = {c['name']: c['id'] for c in cats}
-        missing = [c for c in classes if c not in by_name]
+        problem = categories_problem(cats, source)
+        if problem:
+            raise BadInputError(problem)
+        if not classes:
+            classes = list(classes_from_categories(cats))
+            self._metainfo['classes'] = tuple(classes)
+        ids, missing = category_ids_by_name(cats, classes)
         if missing:
             raise BadInputError(f'{source}: categories has no class(es) {missing[:5]} of the config')
-        return [by_name[c] for c in classes]
+        return ids

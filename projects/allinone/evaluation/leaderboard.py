@@ -1,7 +1,8 @@
 """Leaderboard scoring: one primary metric per task, boards as means over task subsets."""
 import json
-import numbers
 import logging
+import math
+import numbers
 import os
 import os.path as osp
 from collections import OrderedDict
@@ -15,6 +16,25 @@ KNOWN_PRIMARY = OrderedDict([
     ('mIoU', 0.01),              # mmseg IoUMetric reports percentages
     ('accuracy/top1', 0.01),     # mmpretrain Accuracy reports percentages
 ])
+#: Per-class scores (``{class name: score}`` dicts, see ``evaluation/metrics.py``): the metric key
+#: after the task's name, the name written in ``leaderboard.json`` and the factor to [0, 1].
+KNOWN_PER_CLASS = OrderedDict([
+    ('coco/bbox_AP50_per_class', ('AP50', 1.0)),  # ChallengeCocoMetric: AP at IoU 0.5 per class
+    ('IoU_per_class', ('IoU', 0.01)),             # ChallengeIoUMetric: IoU per class, in percent
+])
+
+
+def per_class_scores(metrics: Dict[str, object]) -> 'OrderedDict[str, dict]':
+    """``{task: {'metric': 'AP50', 'classes': {name: score in [0, 1] or None}}}`` from the metric keys
+    ``<task>/<key>`` of :data:`KNOWN_PER_CLASS` (None: the class has no label to score)."""
+    out = OrderedDict()
+    for key, value in metrics.items():
+        task, _, rest = key.partition('/')
+        if rest in KNOWN_PER_CLASS and isinstance(value, dict):
+            name, scale = KNOWN_PER_CLASS[rest]
+            out[task] = OrderedDict(metric=name, classes=OrderedDict(
+                (c, None if math.isnan(float(v)) else float(v) * scale) for c, v in value.items()))
+    return out
 
 
 class Leaderboard:
@@ -81,12 +101,19 @@ class Leaderboard:
         return '\n'.join([line, fmt(rows[0]), line] + [fmt(r) for r in rows[1:]] + [line])
 
     def report(self, metrics: Dict[str, float], work_dir: str, step: int = 0, mode: str = 'val') -> None:
-        """Print the table; write ``leaderboard.json`` (latest) and the history + plot for ``val``."""
+        """Print the table; write ``leaderboard.json`` (latest) and the history + plot for ``val``.
+
+        The JSON holds every scalar metric and, under ``per_class``, each class's score of the tasks
+        whose metric reports one (:func:`per_class_scores`: detection AP50, segmentation IoU)."""
         when = f' (iteration {step})' if mode == 'val' else ''
         print_log(f'\n{mode} leaderboard{when}:\n' + self.table(metrics), logger='current')
         os.makedirs(work_dir, exist_ok=True)
-        record = OrderedDict(mode=mode, iter=step, **{k: float(v) for k, v in metrics.items()
-                                                      if isinstance(v, numbers.Real)})  # numpy too
+        record = OrderedDict(mode=mode, iter=step, **{
+            k: (None if math.isnan(float(v)) else float(v)) for k, v in metrics.items()
+            if isinstance(v, numbers.Real)})  # numpy too; NaN is not JSON
+        per_class = per_class_scores(metrics)
+        if per_class:
+            record['per_class'] = per_class
         name = 'leaderboard.json' if mode == 'val' else f'leaderboard_{mode}.json'
         with open(osp.join(work_dir, name), 'w') as f:
             json.dump(record, f, indent=1)

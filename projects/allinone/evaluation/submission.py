@@ -111,12 +111,26 @@ class SubmissionBuilder:
         out, added = self.content.setdefault(key, []), []
         for b, sc, lb in zip(boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)):
             added.append(dict(image_id=int(_get(s, 'img_id')),
-                            category_id=int(cat_ids[int(lb)]) if cat_ids else int(lb) + 1,
+                            category_id=self._category_id(cat_ids, int(lb), dataset),
                             bbox=[round(float(b[0]), 2), round(float(b[1]), 2),
                                   round(float(b[2] - b[0]), 2), round(float(b[3] - b[1]), 2)],
                             score=round(float(sc), 5)))
         out.extend(added)
         return added
+
+    @staticmethod
+    def _category_id(cat_ids, label: int, dataset) -> int:
+        """The annotation file's id of class ``label`` (the datasets map names to ids); ``label + 1``
+        for a dataset that has no ids (no categories to map to)."""
+        if not cat_ids:
+            return label + 1
+        if label >= len(cat_ids) or cat_ids[label] is None:
+            classes = (getattr(dataset, 'metainfo', None) or {}).get('classes') or ()
+            name = classes[label] if label < len(classes) else f'#{label}'
+            raise KeyError(f'submission: class {name!r} (label {label}) has no category id in the annotation '
+                           f"file of {type(dataset).__name__} ({getattr(dataset, 'ann_file', '')}); its "
+                           'categories must name every class of the config')
+        return int(cat_ids[label])
 
     def dump(self, path: str) -> None:
         os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)

@@ -1,8 +1,12 @@
 """What tools/train.py and tools/test.py share: config loading, paths, the AMP switch."""
 import os
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
+
+from .data_root import set_data_root
+from .dropped_tasks import adapt_to_dropped_tasks
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
@@ -11,8 +15,11 @@ def add_common_args(parser):
     parser.add_argument('config', help='config file path')
     parser.add_argument('--work-dir', help='directory for logs, checkpoints and leaderboard files')
     parser.add_argument('--amp', action='store_true', help='mixed precision (fp16 on GPU, bf16 on CPU)')
+    parser.add_argument('--data-root', metavar='DIR',
+                        help="replace the config's data_root in every dataset and evaluator path derived from it "
+                        '(= --cfg-options data_root=DIR)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, e.g. train_cfg.max_iters=100')
+                        help='override config keys, e.g. default_hooks.checkpoint.interval=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher (pytorch = torchrun)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -24,16 +31,30 @@ def load_config(args) -> Config:
 
     Paths given on the command line are taken relative to the caller's directory; relative data
     paths inside configs are relative to the repository root, so the tools work from anywhere.
+    ``--data-root DIR`` (or ``--cfg-options data_root=DIR``, relative to the repository root)
+    re-roots every dataset and evaluator path derived from the config's ``data_root`` before the
+    other options apply; boards and ``save_best`` follow the tasks the config drops.
     """
     config = osp.abspath(args.config)
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file not found: {config}')
     work_dir = osp.abspath(args.work_dir) if args.work_dir else None
+    data_root = osp.abspath(args.data_root) if getattr(args, 'data_root', None) else None
     os.chdir(REPO_ROOT)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = Config.fromfile(config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    options = dict(args.cfg_options or {})
+    if 'data_root' in options:  # re-root first, so that explicit path options below win
+        option_root = options.pop('data_root')
+        if data_root and osp.abspath(option_root) != data_root:
+            raise ValueError(f'--data-root {args.data_root} and --cfg-options data_root={option_root} disagree')
+        data_root = data_root or option_root
+    if data_root:
+        set_data_root(cfg, data_root, option='--data-root' if args.data_root else '--cfg-options data_root=...')
+    if options:
+        cfg.merge_from_dict(options)
+    for message in adapt_to_dropped_tasks(cfg):
+        say(message)
     cfg.launcher = args.launcher
     if work_dir:
         cfg.work_dir = work_dir
@@ -42,6 +63,12 @@ def load_config(args) -> Config:
     if args.amp:
         enable_amp(cfg)
     return cfg
+
+
+def say(msg: str) -> None:
+    """A message before the Runner's logger exists, once per job (rank 0)."""
+    if os.environ.get('RANK', '0') == '0':
+        print(msg, file=sys.stderr, flush=True)
 
 
 def enable_amp(cfg: Config) -> None:

@@ -5,6 +5,9 @@ from typing import Iterable, List, Tuple
 from mmengine.config import Config
 
 PHASES = dict(train=('train_dataloader', 'val_dataloader'), test=('test_dataloader', ))
+EVALUATORS = dict(train=('val_evaluator', ), test=('test_evaluator', ))
+#: evaluator keys that name a file the metric reads (mmdet's CocoMetric: ``ann_file``)
+EVALUATOR_FILE_KEYS = ('ann_file', )
 
 
 def _datasets(cfg) -> Iterable[dict]:
@@ -35,7 +38,21 @@ def dataset_paths(ds: dict) -> List[Tuple[str, str]]:
     return out
 
 
+def _evaluator_files(ev, where: str) -> Iterable[Tuple[str, str]]:
+    """``(key, path)`` of every file an evaluator config (a metric, or a list of them) reads."""
+    if isinstance(ev, (list, tuple)):
+        for i, item in enumerate(ev):
+            yield from _evaluator_files(item, f'{where}[{i}]')
+    elif isinstance(ev, dict):
+        if 'metrics' in ev:  # mmengine's Evaluator(metrics=...)
+            yield from _evaluator_files(ev['metrics'], f'{where}.metrics')
+        for key in EVALUATOR_FILE_KEYS:
+            if ev.get(key):
+                yield f'{where}.{key}', ev[key]
+
+
 def missing_data(cfg: Config, phase: str = 'train') -> List[str]:
+    """Every data path (datasets of the phase's loaders, files of its evaluators) that does not exist."""
     missing = []
     for section in PHASES[phase]:
         loaders = cfg.get(section)
@@ -48,15 +65,28 @@ def missing_data(cfg: Config, phase: str = 'train') -> List[str]:
                 for what, path in dataset_paths(ds):
                     if not osp.exists(path):
                         missing.append(f'{section}.{task}.dataset.{what}: {path}')
+    for section in EVALUATORS[phase]:
+        evaluators = cfg.get(section)
+        if not isinstance(evaluators, dict):
+            continue
+        for task, ev in evaluators.items():
+            for where, path in _evaluator_files(ev, f'{section}.{task}'):
+                if not osp.exists(path):
+                    missing.append(f'{where}: {path}')
     return missing
 
 
 def check_data(cfg: Config, phase: str = 'train') -> None:
+    """Stop, naming every missing path and how to point the config at the data, before any model is built."""
     missing = missing_data(cfg, phase)
     if missing:
         lines = '\n  '.join(missing)
+        root = cfg.get('data_root')
+        where = (f"Paths derive from the config's data_root {root!r}: point them all at your copy with "
+                 '`--data-root DIR` (or `--cfg-options data_root=DIR`), DIR holding the layout of README.md '
+                 '"Real challenge data" (cls/ dec/ seg/), or put the data there.' if root else
+                 'Lay out the data as README.md ("Real challenge data") describes and set these paths.')
         raise FileNotFoundError(
-            f'the data this config reads is not there:\n  {lines}\n'
-            'Lay out the challenge data as README.md ("Real challenge data") describes and set the '
-            "config's data_root, or train on the embedded demo data: `make demo` "
+            f'the data this config reads is not there:\n  {lines}\n{where} '
+            'To try the tools without the challenge data, train on the embedded demo data: `make demo` '
             '(or `python tools/make_demo_data.py && python tools/train.py configs/allinone_demo.py`).')

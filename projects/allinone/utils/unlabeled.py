@@ -32,18 +32,35 @@ def without_label_transforms(pipeline: list) -> list:
     return out
 
 
+def resolve_task(cfg: Config, name: str, option: str = '--images') -> str:
+    """The config's task for ``name``: a task name (``det``) or its key in the challenge file (``dec``).
+
+    The keys are ``test_cfg.submission.keys`` (``dict(det='dec')`` in the configs); a name that is
+    neither is an error listing both.
+    """
+    loaders = cfg.get('test_dataloader')
+    tasks = [t for t, v in loaders.items() if v is not None] if isinstance(loaders, dict) else []
+    if name in tasks:
+        return name
+    keys = dict(((cfg.get('test_cfg') or {}).get('submission') or {}).get('keys') or {})
+    by_key = {k: t for t, k in keys.items() if t in tasks}
+    if name in by_key:
+        return by_key[name]
+    named = ', '.join(f'{t} (file key {keys[t]})' if keys.get(t, t) != t else t for t in tasks)
+    raise KeyError(f'{option} {name}=...: the config has no task {name!r}; its tasks are {named}')
+
+
 def use_unlabeled_images(cfg: Config, task: str, images: str, image_list: Optional[str] = None) -> None:
     """Replace ``cfg.test_dataloader[task]``'s dataset by :class:`UnlabeledImageDataset`.
 
-    The task keeps its test pipeline minus the transforms that load labels, its metainfo (class
+    ``task`` is a task name or its key in the submission file (:func:`resolve_task`). The task keeps
+    its test pipeline minus the transforms that load labels, its metainfo (class
     names) and its ``_scope_``; its evaluator is removed, so the test loop only predicts (and
     exports with ``--submit``). Detection category ids come from ``image_list`` if it is a COCO json
     with categories, else from the task's configured test/val/train annotation file.
     """
+    task = resolve_task(cfg, task)
     loaders = cfg.get('test_dataloader')
-    if not isinstance(loaders, dict) or task not in loaders:
-        known = list(loaders) if isinstance(loaders, dict) else []
-        raise KeyError(f'--images {task}=...: the config has no test_dataloader.{task} (tasks: {known})')
     if not osp.isdir(images):
         raise FileNotFoundError(f'--images {task}={images}: not a folder')
     if image_list is not None and not osp.isfile(image_list):
