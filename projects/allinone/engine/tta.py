@@ -147,8 +147,9 @@ def use_tta(cfg: Config) -> List[str]:
     tasks = [t for t, c in cfg.model.get('tasks', {}).items() if c is not None]
     loaders = copy.deepcopy(cfg.test_dataloader)
     used = []
-    for task, pipeline in cfg.tta_pipeline.items():
-        if pipeline is None or task not in tasks:
+    for task in tasks:  # model order
+        pipeline = cfg.tta_pipeline.get(task)
+        if pipeline is None:
             continue
         if task not in loaders or loaders[task] is None:
             raise KeyError(f'tta_pipeline.{task}: the config has no test_dataloader.{task}')
