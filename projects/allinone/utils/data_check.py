@@ -31,10 +31,11 @@ def dataset_paths(ds: dict) -> List[Tuple[str, str]]:
     if ann:
         out.append(('ann_file', ann if osp.isabs(ann) else osp.join(root, ann)))
     prefix = ds.get('data_prefix')
-    items = prefix.items() if isinstance(prefix, dict) else ([('data_prefix', prefix)] if prefix else [])
+    items = [(f'data_prefix.{k}', v) for k, v in prefix.items()] if isinstance(prefix, dict) else \
+        [('data_prefix', prefix)]
     for key, val in items:
         if val:
-            out.append((f'data_prefix.{key}', val if osp.isabs(val) else osp.join(root, val)))
+            out.append((key, val if osp.isabs(val) else osp.join(root, val)))
     return out
 
 
