@@ -93,8 +93,8 @@ env_cfg = dict(dist_cfg=dict(backend='nccl'))
 # then merged by the task library's TTA model: detection boxes mapped back to the image + NMS,
 # segmentation the mean of the softmax maps, classification the mean of the scores.
 tta_model = dict(type='MultiTaskTTAModel', tta=dict(
-    det=dict(type='AllInOneDetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6), max_per_img=300)),
-    seg=dict(type='AllInOneSegTTAModel'),
+    det=dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6), max_per_img=300)),
+    seg=dict(_scope_='mmseg', type='SegTTAModel'),
     cls=dict(_scope_='mmpretrain', type='AverageClsScoreTTA')))
 tta_flips = [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1., direction='horizontal')]
 tta_pipeline = dict(

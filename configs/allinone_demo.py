@@ -69,8 +69,8 @@ default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=500))
 # predicted, then merged by the task library's TTA model (boxes: mapped back + NMS; segmentation:
 # mean of the softmax maps; classification: mean of the scores)
 tta_model = dict(type='MultiTaskTTAModel', tta=dict(
-    det=dict(type='AllInOneDetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6), max_per_img=100)),
-    seg=dict(type='AllInOneSegTTAModel'),
+    det=dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6), max_per_img=100)),
+    seg=dict(_scope_='mmseg', type='SegTTAModel'),
     cls=dict(_scope_='mmpretrain', type='AverageClsScoreTTA')))
 tta_flips = [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1., direction='horizontal')]
 tta_pipeline = dict(

@@ -104,27 +104,6 @@ def test_flip_and_scale_views_merge_by_value(demo_model):
             torch.testing.assert_close(torch.tensor(got_rows), torch.tensor(rows(boxes[keep], scores[keep], labels[keep])))
 
 
-def test_detection_view_without_boxes_gives_an_empty_prediction(registered):
-    from mmdet.structures import DetDataSample
-    from mmengine.structures import InstanceData
-
-    from projects.allinone.engine.tta import AllInOneDetTTAModel
-
-    class Nothing(torch.nn.Module):
-        def test_step(self, data):
-            return data
-
-    tta = AllInOneDetTTAModel(module=Nothing(), tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6),
-                                                             max_per_img=10))
-    views = []
-    for flip in (False, True):
-        s = DetDataSample(metainfo=dict(img_id=7, ori_shape=(10, 10), flip=flip, flip_direction='horizontal'))
-        s.pred_instances = InstanceData(bboxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=torch.zeros(0).long())
-        views.append([s])
-    (merged, ) = tta.merge_preds(list(zip(*views)))
-    assert isinstance(merged, DetDataSample) and merged.img_id == 7 and len(merged.pred_instances) == 0
-
-
 def identity_pipelines(cfg):
     """One view each, the test pipeline's own transforms: TTA must then give the plain predictions."""
     keep = [dict(type='RandomFlip', prob=0.)]

@@ -7,9 +7,9 @@ from .layer_decay import AllInOneLayerDecayConstructor
 from .loops import MultiTaskTestLoop, MultiTaskTrainLoop, MultiTaskValLoop
 from .model_wrappers import MultiTaskDistributedDataParallel
 from .optim_wrappers import MultiTaskAmpOptimWrapper, MultiTaskOptimWrapper
-from .tta import AllInOneDetTTAModel, AllInOneSegTTAModel, MultiTaskTTAModel, use_tta
+from .tta import MultiTaskTTAModel, use_tta
 
-__all__ = ['AllInOneDetTTAModel', 'AllInOneLayerDecayConstructor', 'AllInOneSegTTAModel', 'MultiTaskTTAModel',
-           'use_tta', 'DRMGF', 'DRMGFTrainLoop', 'MultiTaskAmpOptimWrapper', 'MultiTaskDistributedDataParallel', 'MultiTaskOptimWrapper',
-           'MultiTaskTestLoop', 'MultiTaskTrainLoop', 'MultiTaskValLoop', 'RandomStateHook',
-           'TiedExpMomentumEMA', 'TiedExponentialMovingAverage', 'register_checkpoint_safe_globals']
+__all__ = ['AllInOneLayerDecayConstructor', 'DRMGF', 'DRMGFTrainLoop', 'MultiTaskAmpOptimWrapper',
+           'MultiTaskDistributedDataParallel', 'MultiTaskOptimWrapper', 'MultiTaskTestLoop', 'MultiTaskTrainLoop',
+           'MultiTaskTTAModel', 'MultiTaskValLoop', 'RandomStateHook', 'TiedExpMomentumEMA',
+           'TiedExponentialMovingAverage', 'register_checkpoint_safe_globals', 'use_tta']

@@ -10,25 +10,21 @@ entry is tested as usual. Config (one entry per task; ``tta_pipeline`` replaces 
 pipeline when ``--tta`` is given)::
 
     tta_model = dict(type='MultiTaskTTAModel', tta=dict(
-        det=dict(type='AllInOneDetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6), max_per_img=300)),
-        seg=dict(type='AllInOneSegTTAModel'),
+        det=dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6), max_per_img=300)),
+        seg=dict(_scope_='mmseg', type='SegTTAModel'),
         cls=dict(_scope_='mmpretrain', type='AverageClsScoreTTA')))
     tta_pipeline = dict(det=[...TestTimeAug...], seg=[...], cls=[...])
 
-Two extensions of the libraries' classes, for what the challenge needs and they do not handle:
-``AllInOneDetTTAModel`` returns an image without any detection as an empty prediction (mmdet returns
-a bare tuple there, which no evaluator or exporter reads), ``AllInOneSegTTAModel`` accepts unlabeled
-images (mmseg reads ``gt_sem_seg`` of every sample) and keeps the image's meta information.
+The libraries' classes are used as they are: mmdet 3.3's returns an image without any detection as
+its first view's (empty) prediction, mmseg 1.2's keeps ``gt_sem_seg`` only where there is one, so
+unlabeled test images go through both.
 """
 import copy
 from typing import Dict, List, Optional
 
-from mmdet.models.test_time_augs import DetTTAModel
 from mmengine.config import Config
 from mmengine.model import BaseTTAModel
 from mmengine.registry import MODELS as ROOT_MODELS
-from mmengine.structures import InstanceData, PixelData
-from mmseg.models.segmentors import SegTTAModel
 from torch import nn
 
 from ..registry import MODELS
@@ -99,42 +95,6 @@ class MultiTaskTTAModel(BaseTTAModel):
         raise NotImplementedError('MultiTaskTTAModel merges nothing itself: each task\'s TTA model does')
 
 
-@MODELS.register_module()
-class AllInOneDetTTAModel(DetTTAModel):
-    """mmdet's ``DetTTAModel``; an image with no box in any view gets an empty prediction."""
-
-    def _merge_single_sample(self, data_samples):
-        if sum(len(s.pred_instances) for s in data_samples) == 0:
-            merged = data_samples[0]
-            empty = InstanceData()
-            empty.bboxes = merged.pred_instances.bboxes.new_zeros((0, 4))
-            empty.scores = merged.pred_instances.scores.new_zeros((0, ))
-            empty.labels = merged.pred_instances.labels.new_zeros((0, ))
-            merged.pred_instances = empty
-            return merged
-        return super()._merge_single_sample(data_samples)
-
-
-@MODELS.register_module()
-class AllInOneSegTTAModel(SegTTAModel):
-    """mmseg's ``SegTTAModel``; unlabeled images too, and the first view's meta information kept."""
-
-    def merge_preds(self, data_samples_list):
-        unlabeled = []
-        for views in data_samples_list:
-            first = views[0]
-            unlabeled.append('gt_sem_seg' not in first)
-            if unlabeled[-1]:  # SegTTAModel copies gt_sem_seg into its result: an empty one, dropped below
-                first.gt_sem_seg = PixelData()
-        merged = super().merge_preds(data_samples_list)
-        for result, views, no_gt in zip(merged, data_samples_list, unlabeled):
-            meta = {k: v for k, v in views[0].metainfo.items() if k not in ('flip', 'flip_direction')}
-            result.set_metainfo(meta)
-            if no_gt:
-                del result.gt_sem_seg
-        return merged
-
-
 def use_tta(cfg: Config) -> List[str]:
     """``--tta``: wrap ``cfg.model`` in ``cfg.tta_model`` and give each listed task its ``tta_pipeline``.
 
@@ -164,4 +124,4 @@ def use_tta(cfg: Config) -> List[str]:
     return used
 
 
-__all__ = ['AllInOneDetTTAModel', 'AllInOneSegTTAModel', 'MultiTaskTTAModel', 'TaskView', 'use_tta']
+__all__ = ['MultiTaskTTAModel', 'TaskView', 'use_tta']
