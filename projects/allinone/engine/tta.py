@@ -67,11 +67,8 @@ class MultiTaskTTAModel(BaseTTAModel):
             raise KeyError(f'tta_model.tta names task(s) {unknown} the model does not have ({tasks})')
         self._task_tta = {}  # plain dict: the TTA models own no weights, the views point at self.module
         for task, cfg in tta.items():
-            if cfg is not None and task in tasks:
-                cfg = dict(cfg)
-                scope = cfg.pop('_scope_', None)
-                spec = dict(cfg, module=TaskView(self.module, task), **({'_scope_': scope} if scope else {}))
-                self._task_tta[task] = ROOT_MODELS.build(spec)
+            if cfg is not None:  # built in the library of its `_scope_` (mmseg, mmpretrain; mmdet by default)
+                self._task_tta[task] = ROOT_MODELS.build(dict(cfg, module=TaskView(self.module, task)))
 
     @property
     def task_names(self) -> List[str]:
