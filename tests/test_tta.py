@@ -99,9 +99,14 @@ def test_flip_and_scale_views_merge_by_value(demo_model):
             assert len(result.pred_instances) == len(keep) > 0
             torch.testing.assert_close(result.pred_instances.scores, scores[keep])
             # boxes of equal score may come in another order from mmcv's NMS: compare as sorted rows
-            rows = lambda b, s, l: sorted(torch.cat([s[:, None], l[:, None].float(), b], 1).tolist())  # noqa: E731
-            got_rows = rows(result.pred_instances.bboxes, result.pred_instances.scores, result.pred_instances.labels)
-            torch.testing.assert_close(torch.tensor(got_rows), torch.tensor(rows(boxes[keep], scores[keep], labels[keep])))
+            got = result.pred_instances
+            torch.testing.assert_close(torch.tensor(rows(got.bboxes, got.scores, got.labels)),
+                                       torch.tensor(rows(boxes[keep], scores[keep], labels[keep])))
+
+
+def rows(boxes, scores, labels):
+    """(score, label, box) rows, sorted."""
+    return sorted(torch.cat([scores[:, None], labels[:, None].float(), boxes], 1).tolist())
 
 
 def identity_pipelines(cfg):

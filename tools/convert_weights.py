@@ -166,7 +166,8 @@ def parse_args(argv=None):
     parser.add_argument('dst', help='output checkpoint (.pth)')
     parser.add_argument('--arch', choices=['auto', 'vit', 'swin'], default='auto')
     parser.add_argument('--prefix', default='backbone',
-                        help="key prefix in DST (default 'backbone': load with init_cfg prefix='backbone'; '' for none)")
+                        help="key prefix in DST (default 'backbone': load with init_cfg prefix='backbone'; "
+                        "'' for none)")
     return parser.parse_args(argv)
 
 
