@@ -6,12 +6,19 @@
 _base_ = ['./_base_/default_runtime.py', './_base_/datasets/track1.py']
 
 embed = 768
+# The backbone starts from ImageNet-21k pretraining (fine-tuned on ImageNet-1k at 384 px), mmpretrain's
+# model zoo `vit-base-p16_in21k-pre_3rdparty_in1k-384px`; its position embeddings are resized to 896 px
+# at load. Downloaded once into $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints).
+# A local file:  --cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth
+# From scratch:  --cfg-options model.backbone.init_cfg=None        (docs/training_recipes.md)
+pretrained = ('https://download.openmmlab.com/mmclassification/v0/vit/finetune/'
+              'vit-base-p16_in21k-pre-3rdparty_ft-64xb64_in1k-384_20210928-98e8652b.pth')
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     type='AllInOneModel',
     backbone=dict(_scope_='mmpretrain', type='VisionTransformer', arch='base', img_size=896, patch_size=16,
                   out_indices=(3, 5, 7, 11), out_type='featmap', drop_path_rate=0.5, final_norm=False,
-                  init_cfg=None),
+                  init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone')),
     tasks=dict(
         det=dict(
             _scope_='mmdet', type='DINO', num_queries=900, with_box_refine=True, as_two_stage=True,
@@ -81,3 +88,30 @@ param_scheduler = [
 ]
 default_hooks = dict(checkpoint=dict(interval=5000, max_keep_ckpts=3, save_best='leaderboard/A', rule='greater'))
 env_cfg = dict(dist_cfg=dict(backend='nccl'))
+
+# Test-time augmentation (tools/test.py ... --tta): every view (scales x horizontal flips) is predicted,
+# then merged by the task library's TTA model: detection boxes mapped back to the image + NMS,
+# segmentation the mean of the softmax maps, classification the mean of the scores.
+tta_model = dict(type='MultiTaskTTAModel', tta=dict(
+    det=dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6), max_per_img=300)),
+    seg=dict(_scope_='mmseg', type='SegTTAModel'),
+    cls=dict(_scope_='mmpretrain', type='AverageClsScoreTTA')))
+tta_flips = [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1., direction='horizontal')]
+tta_pipeline = dict(
+    det=[dict(type='LoadImageFromFile', backend_args=_base_.backend_args),
+         dict(type='TestTimeAug', transforms=[
+             [dict(type='Resize', scale=(int(_base_.det_scale[0] * r), int(_base_.det_scale[1] * r)), keep_ratio=True)
+              for r in (1.0, 1.25)],
+             tta_flips,
+             [dict(type='LoadAnnotations', with_bbox=True)],
+             [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                                    'scale_factor', 'flip', 'flip_direction'))]])],
+    seg=[dict(type='LoadImageFromFile', backend_args=_base_.backend_args),
+         dict(type='TestTimeAug', transforms=[
+             [dict(type='Resize', scale=(int(_base_.seg_scale[0] * r), int(_base_.seg_scale[1] * r)), keep_ratio=True)
+              for r in (0.75, 1.0, 1.25)],
+             tta_flips, [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])],
+    cls=[dict(type='LoadImageFromFile', backend_args=_base_.backend_args),
+         dict(type='ResizeEdge', scale=_base_.cls_size, edge='short'),
+         dict(type='CenterCrop', crop_size=_base_.cls_size),
+         dict(type='TestTimeAug', transforms=[tta_flips, [dict(type='PackInputs')]])])

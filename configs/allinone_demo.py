@@ -64,3 +64,28 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters, eta_min=2e-5),
 ]
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=500))
+
+# Test-time augmentation (`tools/test.py ... --tta`): every view of TestTimeAug (scales x flips) is
+# predicted, then merged by the task library's TTA model (boxes: mapped back + NMS; segmentation:
+# mean of the softmax maps; classification: mean of the scores)
+tta_model = dict(type='MultiTaskTTAModel', tta=dict(
+    det=dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.6), max_per_img=100)),
+    seg=dict(_scope_='mmseg', type='SegTTAModel'),
+    cls=dict(_scope_='mmpretrain', type='AverageClsScoreTTA')))
+tta_flips = [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1., direction='horizontal')]
+tta_pipeline = dict(
+    det=[dict(type='LoadImageFromFile'),
+         dict(type='TestTimeAug', transforms=[
+             [dict(type='Resize', scale=(128, 128), keep_ratio=True),
+              dict(type='Resize', scale=(160, 160), keep_ratio=True)],
+             tta_flips,
+             [dict(type='LoadAnnotations', with_bbox=True)],
+             [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                                    'scale_factor', 'flip', 'flip_direction'))]])],
+    seg=[dict(type='LoadImageFromFile'),
+         dict(type='TestTimeAug', transforms=[
+             [dict(type='Resize', scale_factor=1.0, keep_ratio=True),
+              dict(type='Resize', scale_factor=1.25, keep_ratio=True)],
+             tta_flips, [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])],
+    cls=[dict(type='LoadImageFromFile'),
+         dict(type='TestTimeAug', transforms=[tta_flips, [dict(type='PackInputs')]])])

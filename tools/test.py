@@ -2,7 +2,7 @@
 """Evaluate an AllInOne checkpoint on every task and print the leaderboard table.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--data-root DIR] [--submit OUT.json]
-        [--images TASK=DIR ...] [--image-list TASK=FILE ...] [--cfg-options k=v ...]
+        [--images TASK=DIR ...] [--image-list TASK=FILE ...] [--tta] [--cfg-options k=v ...]
 
 With ``--images`` a task predicts on an unlabeled image folder (the challenge's test split) instead
 of its labeled test set: nothing is scored for it, its predictions go to the ``--submit`` file.
@@ -30,6 +30,9 @@ def parse_args(argv=None):
     parser.add_argument('--image-list', nargs='+', default=[], metavar='TASK=FILE',
                         help="order/subset of TASK's --images: a text list (one name per line) or a COCO "
                         'json with "images" (its ids become the detection image_id)')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation: each task's tta_pipeline views merged by its library's TTA "
+                        'model (config keys tta_model, tta_pipeline); scores and --submit use the merged result')
     return parser.parse_args(argv)
 
 
@@ -74,6 +77,9 @@ def main(argv=None):
     stray = set(lists) - set(images)
     if stray:
         raise ValueError(f'--image-list names task(s) {sorted(stray)} without --images')
+    if args.tta:
+        from projects.allinone.engine.tta import use_tta
+        print(f'test-time augmentation for task(s) {use_tta(cfg)}', file=sys.stderr)
     for task, folder in images.items():
         use_unlabeled_images(cfg, task, folder, lists.get(task))
     if images and not submit:

@@ -63,6 +63,7 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     import projects.allinone  # noqa: F401  (registers the project's modules)
+    from projects.allinone.models.pretrained import check_pretrained
     from projects.allinone.utils import check_data
 
     from projects.allinone.utils.schedule import apply_max_iters, launcher_world_size, scale_lr_by_batch
@@ -89,6 +90,7 @@ def main(argv=None):
              'keep at least 2')
     if resume:
         cfg.resume, cfg.load_from = True, resolve_resume(resume, cfg.work_dir)
+    check_pretrained(cfg, say=_say)  # the backbone's weights can be had, or stop now naming them
     runner = Runner.from_cfg(cfg)
     runner.train()
     del runner

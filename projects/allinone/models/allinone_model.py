@@ -1,9 +1,11 @@
 """One shared backbone, one complete OpenMMLab model per task."""
 import copy
+import logging
 from collections import OrderedDict
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
+from mmengine.logging import print_log
 from mmengine.model import BaseModel, ModuleDict
 from mmengine.optim import OptimWrapper
 from mmengine.registry import MODELS as ROOT_MODELS
@@ -11,6 +13,8 @@ from torch import nn
 
 from ..registry import MODELS
 from .gradsplit import build_grad_split
+from .pretrained import (check_load_report, describe_source, format_load_report, load_report,
+                         pretrained_checkpoint, recording_loads)
 from .recon import (convert_layers, resolve_recon_layers, sync_task_copies, task_copy_parameter_ids,
                     task_copy_parameters)
 from .routing import TaskContext
@@ -135,7 +139,17 @@ class AllInOneModel(BaseModel):
         return part
 
     def init_weights(self):
-        super().init_weights()
+        """Initialise every part; a pretrained backbone (``init_cfg=dict(type='Pretrained', ...)``) is
+        loaded by mmengine as configured, and what loaded is logged by backbone module."""
+        init_cfg = getattr(self.backbone, 'init_cfg', None)
+        with recording_loads(self.backbone) as loads:
+            super().init_weights()
+        if pretrained_checkpoint(init_cfg) is not None and loads:
+            source = describe_source(init_cfg)
+            report = load_report(self.backbone, loads[0])
+            check_load_report(report, source, pretrained_checkpoint(init_cfg)[1])
+            level = logging.WARNING if report['missing'] or report['mismatched'] else logging.INFO
+            print_log(format_load_report(report, source), logger='current', level=level)
         sync_task_copies(self)  # Recon: every task's copy starts from the same initial weights
 
     # ------------------------------------------------------------------ forward

@@ -19,6 +19,19 @@ def _coco_ann_of(dataset: dict) -> Optional[str]:
     return path if osp.isfile(path) else None
 
 
+def without_label_transforms(pipeline: list) -> list:
+    """``pipeline`` without the transforms that read labels, inside ``TestTimeAug``'s views too."""
+    out = []
+    for t in pipeline:
+        if t.get('type') in LABEL_TRANSFORMS:
+            continue
+        if t.get('type') == 'TestTimeAug':
+            t = dict(t, transforms=[kept for kept in (without_label_transforms(step) for step in t['transforms'])
+                                    if kept])
+        out.append(t)
+    return out
+
+
 def resolve_task(cfg: Config, name: str, option: str = '--images') -> str:
     """The config's task for ``name``: a task name (``det``) or its key in the challenge file (``dec``).
 
@@ -54,7 +67,7 @@ def use_unlabeled_images(cfg: Config, task: str, images: str, image_list: Option
         raise FileNotFoundError(f'--image-list {task}={image_list}: file not found')
     loader = copy.deepcopy(loaders[task])
     old = loader['dataset']
-    pipeline = [t for t in old.get('pipeline', []) if t.get('type') not in LABEL_TRANSFORMS]
+    pipeline = without_label_transforms(old.get('pipeline', []))
     categories = None
     for section in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
         ds = (cfg.get(section) or {}).get(task, {}).get('dataset', {})
