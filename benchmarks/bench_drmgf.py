@@ -33,7 +33,7 @@ def vanilla_round(model, wrapper, batch, steps):
 
 def drmgf_round(model, wrapper, batch, drmgf, k, gated):
     drmgf.begin_round(model)
-    for i, task in enumerate(reversed(drmgf.tasks)):
+    for i, task in enumerate(drmgf.tasks):  # task order, as the loop by default
         if i:
             drmgf.restore_start(model)
         for _ in range(k):

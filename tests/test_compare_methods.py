@@ -67,7 +67,7 @@ def test_method_names_take_one_model_side_part_and_aggregators(tmp_path, registe
     assert over['model']['recon']['report'] == '/r/recon_report.json'
     assert method_context_keys('recon+pcgrad') == {'recon_report'} and not method_context_keys('gradsplit')
     over = method_config_overrides('gradsplit+tbgc')
-    assert over['model'] == dict(grad_split=dict(modules=['backbone.layer4']))
+    assert over['model'] == dict(grad_split=dict(modules=None))
     assert over['optim_wrapper'] == dict(aggregator=dict(type='TBGCAggregator', max_norm=0.1), clip_grad=None)
     assert method_config_overrides('gradsplit')['optim_wrapper'] == dict(aggregator=dict(type='SumAggregator'))
     with pytest.raises(ValueError, match='model-side'):

@@ -12,6 +12,11 @@ from conftest import DEMO_CFG
 
 TASKS = ['det', 'seg', 'cls']
 SPLIT = 'layer4.1'  # the last block of the split stage: its conv2 / bn2 filters make the output channels
+# what the default split (every block of layer4) routes: each block's last conv + norm, and the downsample
+ROUTED = [f'backbone.layer4.{b}.{p}' for b, ps in (
+    (0, ['conv2.weight', 'bn2.weight', 'bn2.bias', 'downsample.0.weight', 'downsample.1.weight',
+         'downsample.1.bias']),
+    (1, ['conv2.weight', 'bn2.weight', 'bn2.bias'])) for p in ps]
 
 
 @pytest.fixture(scope='module')
@@ -66,7 +71,7 @@ def filter_rows(grads):
 @pytest.fixture(scope='module')
 def plain_and_identity(registered, model_cfg, batches):
     plain = build(model_cfg)
-    split = build(model_cfg, grad_split=dict())  # defaults: backbone.layer4, identity relation
+    split = build(model_cfg, grad_split=dict())  # defaults: every block of layer4, identity relation
     out = {}
     for task in TASKS:
         out[task] = (task_grads(plain, task, batches[task]), task_grads(split, task, batches[task]))
@@ -76,7 +81,7 @@ def plain_and_identity(registered, model_cfg, batches):
 def test_defaults_and_no_state(plain_and_identity):
     plain, split, _ = plain_and_identity
     gs = split.grad_split
-    assert list(gs.split_modules) == ['backbone.layer4']
+    assert list(gs.split_modules) == ['backbone.layer4.0', 'backbone.layer4.1']
     assert torch.equal(gs.relation, torch.eye(3, dtype=torch.bool))
     assert gs.group_bounds(256) == [(0, 85), (85, 171), (171, 256)]
     # no parameters, no state-dict keys: a plain checkpoint loads strictly either way
@@ -101,25 +106,53 @@ def test_forward_values_are_bit_identical(plain_and_identity, batches):
             assert torch.equal(a, b), task
 
 
-def test_identity_a_groups_filters_get_zero_gradient_from_other_tasks(plain_and_identity):
+def test_every_routed_parameter_of_the_default_gets_no_gradient_from_other_tasks(plain_and_identity):
+    """For every parameter the default split routes (each layer4 block's last conv + norm and the
+    downsample), the rows of another task's group get exactly zero gradient from a task, where joint
+    training gives them one; the routed share of the shared parameters is what is printed at start."""
+    from projects.allinone.models.gradsplit import routed_parameters
     plain, split, grads = plain_and_identity
+    routed, unknown = routed_parameters(split.grad_split, split)
+    assert sorted(routed) == sorted(ROUTED) and not unknown
+    numel = {n: p.numel() for n, p in split.shared_parameters()}
+    report = split.grad_split.report(split)
+    assert report['routed'] == sum(numel[n] for n in ROUTED) == 1_213_952
+    assert report['share'] == pytest.approx(report['routed'] / sum(numel.values())) and report['share'] > 0.4
     bounds = split.grad_split.group_bounds(256)
     for u, task in enumerate(TASKS):
         (_, g_plain), (_, g_split) = grads[task]
-        rows_plain, rows_split = filter_rows(g_plain), filter_rows(g_split)
-        for t, (s, e) in enumerate(bounds):
-            for rp, rs in zip(rows_plain, rows_split):
-                if t == u:  # its own group: exactly the plain gradient
-                    assert torch.equal(rs[s:e], rp[s:e]), (task, t)
-                else:       # another task's group: exactly zero, where joint training gives a gradient
-                    assert torch.count_nonzero(rs[s:e]) == 0, (task, t)
-                    assert torch.count_nonzero(rp[s:e]) > 0, (task, t)
-        # layers before the split still learn from the task (through its own channels only)
+        for name in ROUTED:
+            for t, (s, e) in enumerate(bounds):
+                if t == u:
+                    assert torch.count_nonzero(g_split[name][s:e]) > 0, (task, name)
+                else:  # another task's group: exactly zero, where joint training gives a gradient
+                    assert torch.count_nonzero(g_split[name][s:e]) == 0, (task, name, t)
+                    assert torch.count_nonzero(g_plain[name][s:e]) > 0, (task, name, t)
+        # the last block's rows of its own group: exactly the plain gradient (nothing routed after it)
+        for rp, rs in zip(filter_rows(g_plain), filter_rows(g_split)):
+            s, e = bounds[u]
+            assert torch.equal(rs[s:e], rp[s:e]), task
+        # layers before the routed ones still learn from the task (through its own channels only)
         first = g_split['backbone.layer4.0.conv1.weight']
         assert torch.count_nonzero(first) > 0
         assert not torch.equal(first, g_plain['backbone.layer4.0.conv1.weight'])
         # stages before layer4 are not routed by a layer4 split, but get a different gradient
         assert torch.count_nonzero(g_split['backbone.layer1.0.conv1.weight']) > 0
+
+
+def test_module_series_names(registered, model_cfg):
+    """The stage name alone routes its output only (the last block's conv2 / bn2: about a fifth of the
+    shared parameters); 'layer4.*' names every block, as the default."""
+    from projects.allinone.models.gradsplit import routed_parameters
+    stage = build(model_cfg, grad_split=dict(modules=['backbone.layer4']))
+    routed, _ = routed_parameters(stage.grad_split, stage)
+    assert sorted(routed) == sorted(n for n in ROUTED if '.layer4.1.' in n)
+    assert stage.grad_split.report(stage)['share'] == pytest.approx(0.21, abs=0.01)
+    series = build(model_cfg, grad_split=dict(modules=['layer3.*', 'backbone.layer4.*']))
+    assert list(series.grad_split.split_modules) == ['backbone.layer3.0', 'backbone.layer3.1',
+                                                     'backbone.layer4.0', 'backbone.layer4.1']
+    routed, unknown = routed_parameters(series.grad_split, series)
+    assert set(ROUTED) < set(routed) and 'backbone.layer3.0.downsample.0.weight' in routed and not unknown
 
 
 def test_all_ones_relation_equals_joint_training(registered, model_cfg, plain_and_identity, batches):
@@ -210,6 +243,7 @@ def test_vit_tokens_split_the_mlp_hidden_units(registered):
 
     from projects.allinone.models.gradsplit import GradSplit
     from projects.allinone.models.routing import TaskContext
+    split_key = 'backbone.layers.3.ffn.layers.0'
     torch.manual_seed(0)
     holder = nn.Module()
     holder.backbone = VisionTransformer(arch=dict(embed_dims=16, num_layers=4, num_heads=2, feedforward_channels=32),
@@ -217,6 +251,12 @@ def test_vit_tokens_split_the_mlp_hidden_units(registered):
     ctx = TaskContext()
     split = GradSplit().attach(holder, ['a', 'b'], ctx)
     assert list(split.split_modules) == ['backbone.layers.3.ffn.layers.0']
+    from projects.allinone.models.gradsplit import routed_parameters
+    assert routed_parameters(split, holder) == ({'backbone.layers.3.ffn.layers.0.0.weight': split_key,
+                                                 'backbone.layers.3.ffn.layers.0.0.bias': split_key}, [])
+    heads = GradSplit(modules=['layers.3.attn.proj:input']).attach(holder, ['a', 'b'], TaskContext())
+    assert routed_parameters(heads, holder) == ({}, ['backbone.layers.3.attn.proj:input'])  # not read
+    heads.remove()
     fc1 = holder.backbone.layers[3].ffn.layers[0][0]
     x = torch.randn(2, 3, 16, 16)
     plain = holder.backbone(x)[0]
@@ -244,13 +284,13 @@ def _toy_task_class():
     class SplitToyTask(BaseModel):
         """Fits the shared features to ``target``: tasks with the same target help each other."""
 
-        def __init__(self, target=1.0, backbone=None, data_preprocessor=None, init_cfg=None):
+        def __init__(self, target=1.0, weight=1.0, backbone=None, data_preprocessor=None, init_cfg=None):
             super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
             self.scale = nn.Parameter(torch.ones(()))
-            self.target = float(target)
+            self.target, self.weight = float(target), float(weight)
 
         def loss(self, feats, data_samples=None):
-            return dict(loss=(feats[0] * self.scale - self.target).square().mean())
+            return dict(loss=self.weight * (feats[0] * self.scale - self.target).square().mean())
 
         def predict(self, feats, data_samples=None):
             return feats[0] * self.scale
@@ -313,3 +353,48 @@ def test_relation_from_lookahead_affinity(toy_cfg, tmp_path):
     # a later run reuses the file
     again = build(toy_cfg, grad_split=dict(modules=['lin'], relation=str(tmp_path / 'gradsplit_relation.json')))
     assert again.grad_split.relation.int().tolist() == saved['relation']
+
+
+def run_affinity_warmup(model, tmp_path, **hook_kw):
+    from types import SimpleNamespace
+
+    from projects.allinone.engine.hooks import GradSplitAffinityHook
+    from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+    wrapper = MultiTaskOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.005))
+    runner = SimpleNamespace(model=model, optim_wrapper=wrapper, work_dir=str(tmp_path), iter=0)
+    hook = GradSplitAffinityHook(warmup_iters=4, interval=1, **hook_kw)
+    hook.before_train(runner)
+    for i in range(4):
+        runner.iter = i
+        hook.before_train_iter(runner, i, toy_batches(i))
+        model.train_step(toy_batches(i), wrapper)
+        hook.after_train_iter(runner, i)
+    return json.load(open(tmp_path / 'gradsplit_relation.json'))
+
+
+def test_an_asymmetric_relation(toy_cfg, tmp_path):
+    """b fits the same target as a with a 10x loss weight (a 10x gradient along a's direction). At first
+    order Z[t->u] ~ lr g_t.g_u / L_u: at threshold 0 the relation is symmetric (a and b help each other).
+    normalize='self' scores t's help to u against u's own step (~ g_t.g_u / |g_u|^2): several times 1 for
+    b->a, a fraction for a->b, so at threshold 0.5 b may train a's group but a may not train b's."""
+    cfg = copy.deepcopy(toy_cfg)
+    cfg['tasks']['b']['weight'] = 10.0
+    sym = run_affinity_warmup(build(cfg), tmp_path / 'sym', threshold=0.0)
+    assert sym['relation'] == [[1, 1, 0], [1, 1, 0], [0, 0, 1]] and sym['normalize'] == 'loss'
+    model = build(cfg)
+    saved = run_affinity_warmup(model, tmp_path / 'self', threshold=0.5, normalize='self')
+    score = torch.tensor([[float('nan') if v is None else v for v in row] for row in saved['score']])
+    Z = torch.tensor(saved['affinity'])
+    torch.testing.assert_close(score, Z / Z.diagonal()[None, :])
+    assert 2 < score[1, 0] < 15 and 0.05 < score[0, 1] < 0.3 and score[2, 0] < 0 and score[0, 2] < 0, score
+    assert saved['relation'] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert model.grad_split.relation.int().tolist() == saved['relation']
+    # routing on: a's loss no longer reaches b's group (channels 2-3); b's reaches a's and its own
+    for task, zero, nonzero in (('a', slice(2, 6), slice(0, 2)), ('b', slice(4, 6), slice(0, 4))):
+        model.zero_grad(set_to_none=True)
+        model.task_loss(task, toy_batches(9)[task])[0].backward()
+        w = model.backbone.lin.weight.grad
+        assert torch.count_nonzero(w[zero]) == 0 and bool((w[nonzero].abs().sum(1) > 0).all()), task
+    with pytest.raises(ValueError, match='normalize'):
+        from projects.allinone.engine.hooks import GradSplitAffinityHook
+        GradSplitAffinityHook(normalize='cosine')

@@ -122,6 +122,10 @@ def test_search_ranks_the_conflicting_layer_first(toy, tmp_path):
     from projects.allinone.engine.hooks.recon_search_hook import format_ranking
     assert CONFLICT in format_ranking(report, top=1).splitlines()[2]
     assert len(format_ranking(report, top=0).splitlines()) == 2  # header only (the tool's --top 0)
+    # where the cosines lie, to choose S by: 12 of the 12 x 4 layer observations are conf's, near -1
+    from projects.allinone.models.recon import cosine_quantiles
+    q = cosine_quantiles(report, (0.1, 0.5))
+    assert q[0.1] < -0.9 and q[0.5] > q[0.1]
 
 
 def test_every_shared_parameter_is_in_exactly_one_scored_layer(toy, registered):
@@ -200,6 +204,33 @@ def test_a_step_on_one_task_changes_only_its_copies(toy):
     assert not any(n.startswith('tasks.b.') for n in changed)
     # per-task BatchNorm statistics too
     assert not torch.equal(conv.backbone.norm.copies.a.running_mean, conv.backbone.norm.copies.b.running_mean)
+
+
+def test_a_two_task_step_gives_each_copy_exactly_its_own_tasks_gradient(toy):
+    """Both tasks in one step: copy t of every converted layer moves by -lr times the gradient task t's loss
+    alone gives the plain layer (the two differ), so a layer that ran one copy for every task (or summed
+    the tasks into each copy) fails; the still-shared layer gets the sum."""
+    plain = build(toy, seed=0)
+    conv = build(toy, seed=0, recon=dict(layers=LAYERS))
+    data = toy_batches(5)
+    plain.train(), conv.train()
+    own = {}
+    for t, b in data.items():
+        plain.zero_grad(set_to_none=True)
+        plain.task_loss(t, copy.deepcopy(b))[0].backward()
+        own[t] = {n: p.grad.clone() for n, p in plain.named_parameters() if p.grad is not None}
+    before = {n: p.detach().clone() for n, p in conv.named_parameters()}
+    conv.train_step(copy.deepcopy(data), wrapper_for(conv, lr=0.1))
+    after = dict(conv.named_parameters())
+    for layer in ('backbone.conf', 'backbone.norm', 'backbone.stem'):
+        for pn in ('weight', 'bias'):
+            assert not torch.allclose(own['a'][f'{layer}.{pn}'], own['b'][f'{layer}.{pn}'])
+            for t in ('a', 'b'):
+                key = f'{layer}.copies.{t}.{pn}'
+                torch.testing.assert_close(after[key].detach() - before[key], -0.1 * own[t][f'{layer}.{pn}'],
+                                           msg=key)
+    shared = 'backbone.other.weight'
+    torch.testing.assert_close(after[shared].detach() - before[shared], -0.1 * (own['a'][shared] + own['b'][shared]))
 
 
 def trained_converted(toy, steps=2):
@@ -388,6 +419,6 @@ def test_example_configs_build(registered):
     from projects.allinone.registry import MODELS
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone_demo_gradsplit.py'))
     model = MODELS.build(cfg.model)
-    assert list(model.grad_split.split_modules) == ['backbone.layer4']
+    assert list(model.grad_split.split_modules) == ['backbone.layer4.0', 'backbone.layer4.1']
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone_demo_recon.py'))
     assert cfg.model.recon.param_budget == 0.05

@@ -5,10 +5,13 @@ At every chosen module the output channels are split into T groups, group u belo
 group u) decides which groups a task's gradient reaches. During task t's training forward the
 module's output ``y`` is replaced by ``torch.where(m_t, y, y.detach())`` (``m_t``: the channels of
 the groups task t may train): the forward values are exactly ``y`` (bit for bit), and the
-backward gives the channels outside ``m_t`` a zero gradient. So the filters producing a channel of
-group u (their weights, biases, and for a ResNet stage the last conv / norm of each block feeding
-that channel) receive only the gradients of the tasks with ``R[t, u] = 1``; layers *before* the
-module still receive every task's gradient, but task t's reaches them only through its own groups.
+backward gives the channels outside ``m_t`` a zero gradient. So the parameters that *produce* a
+channel of group u (its row of the last conv and norm before the module's output, see
+:func:`routed_parameters`) receive only the gradients of the tasks with ``R[t, u] = 1``;
+parameters before them still receive every task's gradient, but task t's reaches them only through
+its own groups. The paper applies the split to a series of convolution modules; the default here
+is every block of the last ResNet stage (each block's last conv + norm and its downsample are then
+routed), not only the stage's output (which routes the last block's alone).
 Nothing else changes: no parameters, no state-dict keys, and inference (``val_step``,
 ``test_step``, ``forward``, anything under ``torch.no_grad``) runs the plain network. Because the
 routing happens inside each task's own backward, it composes with every gradient aggregator.
@@ -16,11 +19,12 @@ routing happens inside each task's own backward, it composes with every gradient
 Config (``model.grad_split``)::
 
     grad_split=dict(
-        modules=None,      # default: the last stage of a ResNet ('backbone.layer4'), or the MLP
-                           # hidden units of the last quarter of a ViT's blocks; names of the model
-                           # ('backbone.layer4.1') or of the backbone ('layer4.1'); a name ending
-                           # in ':input' routes the module's input instead (e.g. the attention heads
-                           # before 'backbone.layers.11.attn.proj:input')
+        modules=None,      # default: every block of the last stage of a ResNet ('backbone.layer4.0',
+                           # 'backbone.layer4.1', ...), or the MLP hidden units of the last quarter of
+                           # a ViT's blocks; names of the model ('backbone.layer4.1') or of the
+                           # backbone ('layer4.1'); 'backbone.layer3.*' is every child of layer3; a
+                           # name ending in ':input' routes the module's input instead (e.g. the
+                           # attention heads before 'backbone.layers.11.attn.proj:input')
         relation=None,     # None: identity; a T x T 0/1 list in task order; {task: [tasks whose
                            # groups it may train]}; a JSON file path ({"tasks": [...],
                            # "relation": [[...]]}); or 'affinity': estimated during a warm-up by
@@ -35,8 +39,14 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from mmengine.logging import print_log
+
 from ..registry import MODELS
 from .routing import TaskContext
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_PER_CHANNEL_NORM = (nn.modules.batchnorm._NormBase, )  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+_NORM = _PER_CHANNEL_NORM + (nn.GroupNorm, nn.LayerNorm)
 
 
 def _resolve_module(model: nn.Module, name: str) -> Tuple[str, nn.Module]:
@@ -48,11 +58,31 @@ def _resolve_module(model: nn.Module, name: str) -> Tuple[str, nn.Module]:
                    f'e.g. "backbone.layer4", or of the backbone, e.g. "layer4")')
 
 
+def _expand_names(model: nn.Module, names: Sequence[str]) -> List[str]:
+    """``'backbone.layer3.*'`` -> the names of every child of ``backbone.layer3`` (others unchanged)."""
+    out = []
+    for raw in names:
+        on_input = raw.endswith(':input')
+        base = raw[:-len(':input')] if on_input else raw
+        if base.endswith('.*'):
+            parent, module = _resolve_module(model, base[:-2])
+            children = [n for n, _ in module.named_children()]
+            if not children:
+                raise ValueError(f'grad_split.modules: {raw!r}: {parent} has no child modules')
+            out += [f'{parent}.{c}' + (':input' if on_input else '') for c in children]
+        else:
+            out.append(raw)
+    return out
+
+
 def default_split_modules(backbone: nn.Module) -> List[str]:
-    """The last stage of a ResNet; the MLP hidden units of the last quarter of a ViT's blocks."""
+    """Every block of the last stage of a ResNet (each block's last conv + norm and downsample are
+    routed: the paper's series of modules); the MLP hidden units of the last quarter of a ViT's
+    blocks."""
     res_layers = getattr(backbone, 'res_layers', None)
     if res_layers:
-        return [f'backbone.{res_layers[-1]}']
+        stage = getattr(backbone, res_layers[-1])
+        return [f'backbone.{res_layers[-1]}.{n}' for n, _ in stage.named_children()]
     layers = getattr(backbone, 'layers', None)
     if isinstance(layers, nn.ModuleList) and len(layers) and hasattr(layers[0], 'ffn'):
         n = len(layers)
@@ -115,6 +145,76 @@ def load_relation(relation: Union[None, str, Sequence, Dict], tasks: Sequence[st
     if not bool(((R == 0) | (R == 1)).all()):
         raise ValueError(f'{source}: entries must be 0 or 1, got {R.tolist()}')
     return R.bool()
+
+
+def _is_leaf(m: nn.Module, kinds) -> bool:
+    return isinstance(m, kinds) and not isinstance(m, nn.modules.conv._ConvTransposeNd)
+
+
+def _producers(module: nn.Module) -> Optional[List[nn.Module]]:
+    """The modules whose output channel c *is* channel c of ``module``'s output (their weight rows /
+    norm channels), or ``None`` where this cannot be read from the structure.
+
+    A conv / linear / norm layer: itself. A residual block (``conv2`` / ``conv3`` with ``norm<k>``
+    or ``bn<k>``, and ``downsample``; mmdet / mmpretrain / torchvision ResNets): its last norm and
+    conv and the producers of its downsample (the identity path has none). A ``Sequential``: from
+    its end, the norms and then the conv / linear before them (skipping activations and dropout),
+    or the producers of a last composite child (a ResNet stage: its last block's). The conv before
+    a norm counts only when the norm is per channel (BatchNorm, InstanceNorm): a GroupNorm or
+    LayerNorm mixes channels in its statistics, so a cut channel still passes gradient to the
+    other rows of the conv before it (only the norm's own affine parameters are routed then)."""
+    if _is_leaf(module, _CONV + (nn.Linear, ) + _NORM):
+        return [module]
+    last = next((k for k in (3, 2) if isinstance(getattr(module, f'conv{k}', None), _CONV)), None)
+    if last is not None and hasattr(module, 'downsample'):
+        norm = getattr(module, f'norm{last}', None)
+        norm = norm if isinstance(norm, _NORM) else getattr(module, f'bn{last}', None)
+        if not isinstance(norm, _NORM):
+            return None
+        out = [norm] + ([getattr(module, f'conv{last}')] if isinstance(norm, _PER_CHANNEL_NORM) else [])
+        if module.downsample is not None:
+            inner = _producers(module.downsample)
+            if inner is None:
+                return None
+            out += inner
+        return out
+    if isinstance(module, nn.Sequential):
+        out = []
+        for child in reversed(list(module.children())):
+            if not any(True for _ in child.parameters()):
+                continue  # activation, dropout, pooling
+            if _is_leaf(child, _NORM):
+                out.append(child)
+                if not isinstance(child, _PER_CHANNEL_NORM):
+                    return out
+                continue
+            if _is_leaf(child, _CONV + (nn.Linear, )):
+                return out + [child]
+            inner = _producers(child)
+            return None if inner is None else out + inner
+        return out or None
+    return None
+
+
+def routed_parameters(split: 'GradSplit', model: nn.Module) -> Tuple[Dict[str, str], List[str]]:
+    """``({parameter name: split module key}, [split modules whose routed parameters are unknown])``.
+
+    A routed parameter's dim 0 indexes the split module's output channels (conv filters, linear
+    rows, norm channels, biases): its rows of group u receive only the gradients of the tasks with
+    ``R[t, u] = 1``. ``:input`` splits route whatever produces the module's input, which the
+    structure does not say: they are listed as unknown."""
+    names = {id(m): n for n, m in model.named_modules()}
+    routed, unknown = {}, []
+    for key, module in split.split_modules.items():
+        producers = None if key.endswith(':input') else _producers(module)
+        if producers is None:
+            unknown.append(key)
+            continue
+        for m in producers:
+            for pn, p in m.named_parameters(recurse=False):
+                if p.requires_grad:
+                    routed.setdefault(f'{names[id(m)]}.{pn}', key)
+    return routed, unknown
 
 
 class _SplitHook:
@@ -185,7 +285,7 @@ class GradSplit:
         names = self.module_names
         if names is None:
             names = default_split_modules(model.backbone)
-        for raw in names:
+        for raw in _expand_names(model, names):
             on_input = raw.endswith(':input')
             name, module = _resolve_module(model, raw[:-len(':input')] if on_input else raw)
             key = f'{name}:input' if on_input else name
@@ -200,7 +300,27 @@ class GradSplit:
                 handle = module.register_forward_hook(hook)
             self._handles.append(handle)
             self.split_modules[key] = module
+        self.report(model)
         return self
+
+    def report(self, model: nn.Module) -> Dict[str, float]:
+        """Log which share of the shared parameters is routed (printed when the split is attached)."""
+        routed, unknown = routed_parameters(self, model)
+        params = dict(model.named_parameters())
+        shared = [p for n, p in model.named_parameters()
+                  if n.split('.')[0] in ('backbone', 'neck') and p.requires_grad]
+        n_shared = sum(p.numel() for p in shared)
+        n_routed = sum(params[n].numel() for n in routed)
+        share = n_routed / n_shared if n_shared else 0.0
+        relation = ("'affinity' (all ones until GradSplitAffinityHook's warm-up ends)" if self.awaiting_affinity
+                    else self.relation.int().tolist())
+        msg = (f'GradSplit: {len(self.split_modules)} split modules ({", ".join(self.split_modules)}), '
+               f'relation {relation}; routed parameters (their rows of a group are trained only by the '
+               f'tasks allowed): {n_routed:,} of {n_shared:,} shared ({100 * share:.1f}%)')
+        if unknown:
+            msg += f'; not determined for {unknown} (their producers are not read from the structure)'
+        print_log(msg, logger='current')
+        return dict(routed=n_routed, shared=n_shared, share=share)
 
     def remove(self) -> None:
         """Take the hooks off (the model becomes the plain network for training too)."""

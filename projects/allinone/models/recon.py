@@ -201,6 +201,35 @@ def load_report(report) -> dict:
         return json.load(f)
 
 
+def cosine_quantiles(report, quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> Dict[float, float]:
+    """Quantiles of every recorded cosine of the report (all layers and task pairs pooled), read from
+    the histograms (each bin's lower edge): where the cosines of this model and data actually lie, to
+    choose S by (e.g. the 5% quantile: S then catches about the lowest 5% of all observations).
+
+    With one batch per task (AllInOne) the task gradients also differ by their batches' sampling
+    noise, so the cosines sit nearer 0 than in a search where every task sees the same images (the
+    official code): a paper's S (-0.02 on NYUv2, -0.1 on Multi-MNIST) may fall in a different part
+    of this distribution."""
+    report = load_report(report)
+    width = float(report['bin_width'])
+    total = None
+    for layer in report['layers']:
+        for h in layer['hist']:
+            total = list(h) if total is None else [a + b for a, b in zip(total, h)]
+    n = sum(total or [])
+    if not n:
+        raise ValueError('recon: the report holds no cosine')
+    out = {}
+    for q in quantiles:
+        acc, k = 0, 0
+        for k, c in enumerate(total):
+            acc += c
+            if acc >= q * n:
+                break
+        out[float(q)] = round(-1.0 + k * width, 10)
+    return out
+
+
 def rank_layers(report, threshold: Optional[float] = None, score: str = 'raw') -> List[dict]:
     """The report's layers scored at ``threshold`` (default: the report's) and ranked by ``score``.
 

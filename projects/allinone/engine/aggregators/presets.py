@@ -53,7 +53,7 @@ METHOD_PRESETS: Dict[str, tuple] = {
 #: ``method_config_overrides(name, key=value)`` (default: ``METHOD_CONTEXT``). An entry with
 #: ``train_cfg=dict(type=...)`` (its own training loop) is trained, but not step-benchmarked.
 MODEL_METHODS: Dict[str, dict] = {
-    'gradsplit': dict(model=dict(grad_split=dict(modules=['backbone.layer4']))),
+    'gradsplit': dict(model=dict(grad_split=dict(modules=None))),  # every block of the last stage
     'recon': dict(model=dict(recon=dict(report='{recon_report}', param_budget=0.05, score='raw', threshold=0.0))),
     'drmgf': dict(train_cfg=dict(type='DRMGFTrainLoop', round_iters=25, gate_until=0.5)),
 }

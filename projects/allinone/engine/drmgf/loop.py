@@ -1,26 +1,30 @@
 """The DR-MGF training loop: rounds of task-dominant passes from common start weights, then fusion.
 
     train_cfg = dict(type='DRMGFTrainLoop', max_iters=..., val_interval=...,
-                     round_iters=25,      # K: steps of each task-dominant pass
-                     meta_iters=None,     # meta-fusion batches per round (default: K)
-                     gate_until=0.5,      # fraction of training with the gated forward; then v is frozen
-                     reverse_order=True,  # passes in reverse task order (the official default)
+                     round_iters=25,       # K: steps of each task-dominant pass
+                     meta_iters=None,      # meta-fusion batches per round (default: K)
+                     gate_until=0.5,       # fraction of training with the gated forward; then v is frozen
+                     reverse_order=False,  # passes in task order (the official run script: inverse=0)
                      drmgf=dict(layers=None, aux_weight=0.5, own_gate=10.0, alpha_init=1e-3,
                                 importance_optim=dict(type='Adam', lr=1e-4),
-                                fusion_optim=dict(type='Adam', lr=0.1), alpha_ema=0.9))
+                                fusion_optim=dict(type='Adam', lr=0.1), alpha_ema=0.9,
+                                ema_before_fusion=False, norm_fusion='meta', task_convs='rescale',
+                                reset_buffers=False, lr_milestones=(0.5, ), lr_gamma=0.5))
 
 A round is T passes of K iterations each (``runner.iter`` counts every optimizer step, so the
 schedule, logging and checkpoints are per step; a round is ``T * K`` iterations, and a short last
-round splits what is left evenly). Pass ``t`` starts from the round's start weights ``W0``
-(parameters and buffers), trains on every task's batch with task ``t``'s loss at 1 and the others'
-at ``aux_weight`` (through the config's optim wrapper and aggregator), and, before ``gate_until``,
-with the gated forward of task ``t``, stepping the importances after every step. After the last
-pass the fusion coefficients are meta-learned for ``meta_iters`` batches and the fused weights are
-written into the model (:class:`DRMGF`). The model optimizer's state carries on through the passes
-(as the official code's single Adam). Validation runs at the first round end at or after each
-``val_interval`` point, on the fused, plain dense network. Checkpoints hold the DR-MGF state
-(importances, coefficients, their optimizers, and within a round ``W0`` and the finished passes),
-so a run resumed anywhere, mid-round included, continues as the uninterrupted one.
+round splits what is left evenly). Pass ``t`` starts from the round's start parameters ``W0`` (the
+buffers run on from the previous pass unless ``reset_buffers``), trains on every task's batch with
+task ``t``'s loss at 1 and the others' at ``aux_weight`` (through the config's optim wrapper and
+aggregator), and, before ``gate_until``, with the gated forward of task ``t``, stepping the
+importances after every step. After the last pass the fusion coefficients are meta-learned for
+``meta_iters`` batches and the fused weights are written into the model (:class:`DRMGF`). The
+learning rates of the importances and coefficients follow ``lr_milestones`` by the round's start.
+The model optimizer's state carries on through the passes (as the official code's single Adam).
+Validation runs at the first round end at or after each ``val_interval`` point, on the fused, plain
+dense network. Checkpoints hold the DR-MGF state (importances, coefficients, their optimizers, and
+within a round ``W0`` and the finished passes), so a run resumed anywhere, mid-round included,
+continues as the uninterrupted one.
 """
 import logging
 from typing import Dict, List, Optional, Tuple
@@ -61,7 +65,7 @@ class DRMGFTrainLoop(MultiTaskTrainLoop):
 
     def __init__(self, runner, dataloader: Dict, max_iters: int, val_begin: int = 1, val_interval: int = 1000,
                  dynamic_intervals=None, round_iters: int = 25, meta_iters: Optional[int] = None,
-                 gate_until: float = 0.5, reverse_order: bool = True, drmgf: Optional[dict] = None):
+                 gate_until: float = 0.5, reverse_order: bool = False, drmgf: Optional[dict] = None):
         super().__init__(runner, dataloader, max_iters, val_begin, val_interval, dynamic_intervals)
         if int(round_iters) != round_iters or round_iters < 1:
             raise ValueError(f'train_cfg.round_iters must be a positive integer, got {round_iters}')
@@ -78,9 +82,14 @@ class DRMGFTrainLoop(MultiTaskTrainLoop):
         self.state_loaded = False
         runner.register_hook(DRMGFStateHook(self))
         mem = self.drmgf.memory_report(model)
-        print_log(f'DR-MGF: {len(self.drmgf.layer_names)} shared conv / linear layers with importances; '
+        d = self.drmgf
+        print_log(f'DR-MGF: {len(d.layer_names)} shared conv / linear layers with importances, '
+                  f'{len(d.task_layers)} task convs ({d.task_convs}), {len(d.norm_keys)} shared norm parameters '
+                  f"fused by {'coefficients' if d.norm_fusion == 'meta' else 'the mean'}; passes in the order "
+                  f'{self.order}, '
                   f'rounds of {len(self.order)} x {self.round_iters} iterations + {self.meta_iters} meta batches; '
-                  f'gated until iteration {self.gate_iter}; extra memory: start copy '
+                  f'gated until iteration {self.gate_iter}; importance / coefficient lr x{d.lr_gamma} at '
+                  f'{[int(round(m * self._max_iters)) for m in d.lr_milestones]}; extra memory: start copy '
                   f"{mem['start_copy_mb']:.1f} MB, task deltas {mem['task_deltas_mb']:.1f} MB, importances + "
                   f"coefficients {mem['importance_and_alpha_mb']:.1f} MB (+ {mem['optimizer_moments_mb']:.1f} MB "
                   'of their Adam moments)', logger='current')
@@ -148,6 +157,7 @@ class DRMGFTrainLoop(MultiTaskTrainLoop):
         runner, model, it = self.runner, self.model, self._iter
         start, lengths, i, j = self.locate(it)
         task, gated = self.order[i], start < self.gate_iter
+        self.drmgf.set_progress(start / self._max_iters)
         if it == start:
             self.drmgf.begin_round(model)
         elif self.drmgf.start is None:

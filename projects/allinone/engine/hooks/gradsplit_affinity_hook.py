@@ -7,10 +7,24 @@ task u's loss::
 
     Z[t -> u] = 1 - L_u(theta_s - lr * g_t) / L_u(theta_s)       (shared parameters only)
 
-(positive: t's step lowers u's loss). At the end of the warm-up the mean ``Z`` gives
-``R[t, u] = 1`` for ``t == u`` or ``Z[t -> u] > threshold``; the hook writes it to a JSON file
-(``{"tasks", "relation", "affinity", ...}``, reusable as ``relation=FILE`` in later runs) and turns
-the routing on. The affinity is asymmetric, unlike a cosine.
+(positive: t's step lowers u's loss). At the end of the warm-up the mean ``Z`` gives a score and
+``R[t, u] = 1`` for ``t == u`` or ``score[t -> u] > threshold``; the hook writes it to a JSON file
+(``{"tasks", "relation", "affinity", "score", ...}``, reusable as ``relation=FILE`` in later runs)
+and turns the routing on.
+
+How asymmetric is it? To first order in ``lr``, ``Z[t -> u] ~ lr * g_t . g_u / L_u``: the dot
+product is symmetric, only the normalisation by ``L_u`` is not. So at ``threshold=0`` the sign of
+``Z[t -> u]`` is the sign of ``Z[u -> t]`` (up to higher-order terms) and ``R`` comes out
+symmetric; the asymmetry the paper describes needs a positive threshold:
+
+* ``normalize='loss'`` (default, TAG's affinity): ``score = Z``; with ``threshold > 0`` task t may
+  train u's group when its step lowers u's loss by more than that *fraction of L_u*: a task whose
+  loss is large is helped less, relatively, than it helps.
+* ``normalize='self'``: ``score[t -> u] = Z[t -> u] / Z[u -> u]`` (~ ``g_t . g_u / ||g_u||^2``):
+  the share of the gain u's own step gives u that t's step gives it. With ``0 < threshold < 1``
+  a task whose gradient is large along u's direction may train u's group while u, with a small
+  gradient, may not train t's: the asymmetric relation of "t helps u" without "u helps t".
+  Undefined (``R[t, u] = 0``) where u's own step does not lower its loss.
 
 A measurement costs T extra backward passes and T + T^2 forward passes (losses only, no graph) on
 the iteration's batches; the model's parameters, gradients, BatchNorm statistics and random states
@@ -23,7 +37,8 @@ Args:
     interval: measure every this many iterations of the warm-up.
     lr: lookahead step size (SGD on the raw gradient); default: the optimizer's current learning
         rate of the shared parameters.
-    threshold: ``Z`` above which task t may train task u's group.
+    threshold: score above which task t may train task u's group.
+    normalize: ``'loss'`` (score = Z) or ``'self'`` (score = Z[t -> u] / Z[u -> u]).
     out: the JSON file (default ``<work_dir>/gradsplit_relation.json``).
 """
 import copy
@@ -49,10 +64,15 @@ class GradSplitAffinityHook(Hook):
 
     priority = 'NORMAL'
 
+    NORMALIZE = ('loss', 'self')
+
     def __init__(self, warmup_iters: int = 500, interval: int = 10, lr: Optional[float] = None,
-                 threshold: float = 0.0, out: Optional[str] = None):
+                 threshold: float = 0.0, normalize: str = 'loss', out: Optional[str] = None):
         if warmup_iters < 1 or interval < 1:
             raise ValueError(f'warmup_iters and interval must be >= 1, got {warmup_iters}, {interval}')
+        if normalize not in self.NORMALIZE:
+            raise ValueError(f'GradSplitAffinityHook: normalize must be one of {self.NORMALIZE}, got {normalize!r}')
+        self.normalize = normalize
         self.warmup_iters, self.interval = int(warmup_iters), int(interval)
         self.lr, self.threshold, self.out = lr, float(threshold), out
         self.split = None
@@ -156,6 +176,15 @@ class GradSplitAffinityHook(Hook):
         if self.split is not None and self.split.awaiting_affinity and runner.iter + 1 >= self.warmup_iters:
             self.finish(runner)
 
+    def score(self, Z: torch.Tensor) -> torch.Tensor:
+        """The score compared with the threshold: ``Z`` or ``Z[t, u] / Z[u, u]`` (NaN where u's own step
+        does not lower its loss)."""
+        if self.normalize == 'loss':
+            return Z.clone()
+        own = Z.diagonal().clone()
+        own[~(own > 0)] = float('nan')
+        return Z / own[None, :]
+
     def finish(self, runner) -> None:
         """Mean affinity -> R; written to the file and set on the model."""
         stats = torch.stack([self._sum, self._count])
@@ -163,17 +192,21 @@ class GradSplitAffinityHook(Hook):
         mean = stats[0] / stats[1].clamp_min(1)
         mean[stats[1] == 0] = float('nan')
         tasks = self.split.tasks
-        R = (mean > self.threshold) | torch.eye(len(tasks), dtype=torch.bool)
+        score = self.score(mean)
+        R = (score > self.threshold) | torch.eye(len(tasks), dtype=torch.bool)  # NaN > x is False
         path = self._path(runner)
         if is_main_process():
             os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
             with open(path, 'w') as f:
                 json.dump(dict(tasks=tasks, relation=R.int().tolist(),
                                affinity=[[None if math.isnan(v) else v for v in row] for row in mean.tolist()],
-                               measurements=stats[1].tolist(), threshold=self.threshold,
-                               warmup_iters=self.warmup_iters, interval=self.interval,
-                               note='affinity[t][u] = 1 - L_u(after a step on g_t) / L_u(before); '
-                                    'relation[t][u] = 1: task t may train task u\'s channel group'), f, indent=1)
+                               score=[[None if math.isnan(v) else v for v in row] for row in score.tolist()],
+                               normalize=self.normalize, measurements=stats[1].tolist(),
+                               threshold=self.threshold, warmup_iters=self.warmup_iters, interval=self.interval,
+                               note='affinity[t][u] = 1 - L_u(after a step on g_t) / L_u(before); score = '
+                                    'affinity (normalize "loss") or affinity[t][u] / affinity[u][u] ("self"); '
+                                    'relation[t][u] = 1 (t == u or score > threshold): task t may train task '
+                                    'u\'s channel group'), f, indent=1)
         self.split.set_relation(R.int().tolist())
         print_log(f'GradSplit relation from lookahead affinity ({int(stats[1].max())} measurements): '
                   f'{R.int().tolist()} written to {path}', logger='current')

@@ -30,7 +30,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
-from ...models.recon import SCORES, is_convertible, rank_layers
+from ...models.recon import SCORES, cosine_quantiles, is_convertible, rank_layers
 from ...registry import HOOKS
 
 REPORT_FORMAT = 'allinone-recon-search/1'
@@ -249,8 +249,8 @@ class ReconSearchHook(Hook):
         report = self.recorder.report(self.threshold, self.score, meta)
         out_dir = self.out_dir or osp.join(runner.work_dir, 'recon_search')
         self.report_path, png = write_report(report, out_dir, self.top, self.score)
-        print_log(f'Recon search report: {self.report_path} (plot {png})\n' + format_ranking(report, self.top),
-                  logger='current')
+        print_log(f'Recon search report: {self.report_path} (plot {png})\n' + format_ranking(report, self.top)
+                  + '\n' + format_cosine_quantiles(report), logger='current')
 
 
 def format_ranking(report: dict, top: int = 20, threshold: Optional[float] = None,
@@ -267,3 +267,11 @@ def format_ranking(report: dict, top: int = 20, threshold: Optional[float] = Non
                      f"{r['observations']} | {r['conflict_fraction']:.3f} | {r['chance']:.3f} | "
                      f"{r['normalized']:+.3f} |")
     return '\n'.join(lines)
+
+
+def format_cosine_quantiles(report: dict) -> str:
+    """One line: where the recorded cosines lie (all layers and pairs), to choose S by."""
+    qs = cosine_quantiles(report)
+    spread = ', '.join(f'{int(q * 100)}%: {v:+.2f}' for q, v in qs.items())
+    return (f'cosines recorded (all layers and task pairs): {spread}; a layer of pure noise has a fraction '
+            '`chance` below S (1/2 at S = 0)')
