@@ -23,6 +23,7 @@ from mmseg.registry import DATASETS as SEG_DATASETS
 from PIL import Image
 
 from ..registry import DATASETS
+from .mixing import MixingPipelineMixin
 
 
 class BadInputError(ValueError):
@@ -50,7 +51,7 @@ class BadSamplePolicy:
 
 
 @DATASETS.register_module()
-class ChallengeCocoDataset(BadSamplePolicy, CocoDataset):
+class ChallengeCocoDataset(MixingPipelineMixin, BadSamplePolicy, CocoDataset):
     """COCO json detection (TT100K in the challenge) with every image and box checked."""
 
     def __init__(self, *args, on_bad_sample: str = 'raise', **kwargs):
@@ -107,7 +108,7 @@ class ChallengeCocoDataset(BadSamplePolicy, CocoDataset):
 
 
 @SEG_DATASETS.register_module()
-class ChallengeSegDataset(BadSamplePolicy, BaseSegDataset):
+class ChallengeSegDataset(MixingPipelineMixin, BadSamplePolicy, BaseSegDataset):
     """Images with single-channel label PNGs (BDD100K in the challenge), each pair checked.
 
     Args:
@@ -160,7 +161,7 @@ class ChallengeSegDataset(BadSamplePolicy, BaseSegDataset):
 
 
 @CLS_DATASETS.register_module()
-class ChallengeClsDataset(BadSamplePolicy, CustomDataset):
+class ChallengeClsDataset(MixingPipelineMixin, BadSamplePolicy, CustomDataset):
     """``image_name class_id`` lists (Stanford Cars in the challenge), each line checked."""
 
     def __init__(self, *args, on_bad_sample: str = 'raise', **kwargs):
