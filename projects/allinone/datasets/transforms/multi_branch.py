@@ -74,7 +74,7 @@ class MultiBranchAugment(BaseTransform):
         probs: weight of each branch (normalised; default uniform). 0 switches a branch off.
         names: a name per branch for logs and tests (default ``'branch0'``...).
         schedule: list of ``dict(at_iter=N | at_frac=f, probs={name: weight})``: from training
-            iteration N (or ``round(f * max_iters)``) on, the named branches take the given weights
+            iteration N (or ``ceil(f * max_iters)``) on, the named branches take the given weights
             (the others keep theirs; all are renormalised).
     """
 

@@ -1,5 +1,6 @@
 """Drive the multi-branch augmentation during training: branch schedules and per-branch shares."""
 import logging
+import math
 from collections import Counter, deque
 from typing import Dict, List, Optional, Tuple
 
@@ -48,7 +49,7 @@ class AugBranchHook(Hook):
     the share of samples that took each branch.
 
     Schedules: an entry ``dict(at_iter=N | at_frac=f, probs={branch: weight})`` of a task's
-    ``MultiBranchAugment`` takes effect for the batches of iteration N (``round(f * max_iters)``) on.
+    ``MultiBranchAugment`` takes effect for the batches of iteration N (``ceil(f * max_iters)``) on.
     It is applied after iteration N - 1 in this process; a loader with workers is then restarted at
     its position (``TaskIterator.restart_workers``: workers hold a copy of the dataset, and batches
     they prefetched with the old weights are dropped), so the switch is exact with workers too. Each
@@ -86,8 +87,12 @@ class AugBranchHook(Hook):
         loaders = getattr(loop, 'dataloaders', None)
         return dict(loaders) if isinstance(loaders, dict) else {'train': loop.dataloader}
 
-    def _resolve(self, entry: dict, max_iters: int) -> int:
-        return int(entry['at_iter']) if 'at_iter' in entry else int(round(entry['at_frac'] * max_iters))
+    @staticmethod
+    def _resolve(entry: dict, max_iters: int) -> int:
+        """The iteration an entry applies from: ``at_iter``, or the first at or after ``at_frac`` of training."""
+        if 'at_iter' in entry:
+            return int(entry['at_iter'])
+        return int(math.ceil(entry['at_frac'] * max_iters - 1e-9))
 
     def before_train(self, runner) -> None:
         max_iters = runner.max_iters
