@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import MMLogger
 from mmengine.registry import HOOKS, TRANSFORMS
 from mmengine.runner import Runner
 
@@ -102,34 +103,44 @@ def _stub_runner(dataset, it=0, max_iters=10, resume=False):
                            message_hub=MessageHub.get_instance('aug-branch-test'))
 
 
-def test_resume_restores_the_checkpoints_weights(registered):
-    """The weights come from the checkpoint, not from replaying the config's schedule; an entry the
-    checkpoint had not applied (added to the config since) is applied at the resume point."""
+def test_resume_rebuilds_the_schedule_and_checks_the_checkpoint(registered, tmp_path):
+    """On resume the weights are the schedule's at the resume iteration; the checkpoint's copy agrees,
+    or (config or max_iters changed since) the difference is logged; later entries apply on time."""
     from projects.allinone.engine.hooks import AugBranchHook
-    aug = TRANSFORMS.build(dict(type='MultiBranchAugment', names=['a', 'b'], probs=[0.5, 0.5], schedule=[
-        dict(at_iter=2, probs=dict(a=0.0)), dict(at_frac=0.5, probs=dict(b=0.25))], branches=[[], []]))
-    dataset = SimpleNamespace(pipeline=SimpleNamespace(transforms=[aug]))
+
+    def build():
+        return TRANSFORMS.build(dict(type='MultiBranchAugment', names=['a', 'b'], probs=[0.5, 0.5], schedule=[
+            dict(at_iter=2, probs=dict(a=0.0)), dict(at_frac=0.5, probs=dict(b=0.25))], branches=[[], []]))
+
+    # the newest MMLogger is the 'current' one print_log writes to
+    MMLogger.get_instance('aug-branch-resume', log_file=str(tmp_path / 'log.txt'))
+    aug = build()
     hook = AugBranchHook()
-    ckpt = dict(aug_branches=dict(names={'det': [['a', 'b']]}, weights={'det': [[0.0, 3.0]]}, applied=[['det', 0, 0]]))
-    runner = _stub_runner(dataset, it=4, resume=True)
-    hook.after_load_checkpoint(runner, ckpt)
+    runner = _stub_runner(SimpleNamespace(pipeline=SimpleNamespace(transforms=[aug])), it=0)
     hook.before_train(runner)
-    np.testing.assert_allclose(aug.weights, [0.0, 3.0])  # entry 0 not replayed; entry 1 (at 5) not due
-    runner.iter = 4
-    hook.after_train_iter(runner, 4)  # iteration 5 comes next: entry 1 applies
-    np.testing.assert_allclose(aug.weights, [0.0, 0.25])
-    saved = {}
-    hook.before_save_checkpoint(runner, saved)
-    assert saved['aug_branches'] == dict(names={'det': [['a', 'b']]}, weights={'det': [[0.0, 0.25]]},
-                                         applied=[['det', 0, 0], ['det', 0, 1]])
-    # a checkpoint written before entry 1 existed in the config, resumed after its iteration
-    aug2 = TRANSFORMS.build(dict(type='MultiBranchAugment', names=['a', 'b'], probs=[0.5, 0.5], schedule=[
-        dict(at_iter=2, probs=dict(a=0.0)), dict(at_frac=0.5, probs=dict(b=0.25))], branches=[[], []]))
-    hook2 = AugBranchHook()
-    runner2 = _stub_runner(SimpleNamespace(pipeline=SimpleNamespace(transforms=[aug2])), it=8, resume=True)
-    hook2.after_load_checkpoint(runner2, ckpt)
-    hook2.before_train(runner2)
-    np.testing.assert_allclose(aug2.weights, [0.0, 0.25])
+    for it in range(4):  # an uninterrupted run up to iteration 4, then a checkpoint
+        runner.iter = it
+        hook.after_train_iter(runner, it)
+    ckpt = {}
+    hook.before_save_checkpoint(runner, ckpt)
+    assert ckpt['aug_branches'] == dict(names={'det': [['a', 'b']]}, weights={'det': [[0.0, 0.5]]},
+                                        applied=[['det', 0, 0]])
+    for saved_weights, agrees in (([0.0, 0.5], True), ([0.7, 0.3], False)):
+        aug = build()
+        hook = AugBranchHook()
+        runner = _stub_runner(SimpleNamespace(pipeline=SimpleNamespace(transforms=[aug])), it=4, resume=True)
+        state = copy.deepcopy(ckpt)
+        state['aug_branches']['weights']['det'][0] = saved_weights
+        hook.after_load_checkpoint(runner, state)
+        hook.before_train(runner)
+        np.testing.assert_allclose(aug.weights, [0.0, 0.5])  # entry 0 (iteration 2) applied, entry 1 not yet
+        runner.iter = 4
+        hook.after_train_iter(runner, 4)  # iteration 5 comes next: entry 1 applies
+        np.testing.assert_allclose(aug.weights, [0.0, 0.25])
+        log = open(tmp_path / 'log.txt').read()
+        assert ('the checkpoint has a 0.70, b 0.30, the config\'s schedule at iteration 4 gives a 0.00, '
+                'b 1.00' in log) == (not agrees)
+        assert 'aug branches of det restored at iteration 4: a 0.00, b 1.00' in log
 
 
 def test_bad_schedules_are_named(registered):

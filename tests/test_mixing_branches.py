@@ -227,3 +227,49 @@ def test_mixing_needs_a_source_and_sits_directly_in_its_branch(registered):
             [dict(type='RandomApply', transforms=[dict(MOSAIC)], prob=0.5)], []]))
     plain = TRANSFORMS.build(dict(type='MultiBranchAugment', branches=[[dict(type='RandomFlip', prob=0.5)], []]))
     assert not plain.mixes and plain.get_indexes(list(range(5))) == []
+
+
+def test_competition_branches_run_on_the_challenge_layout(registered, tmp_path):
+    """Every branch of every task of configs/allinone.py (the winners' branches for detection and
+    segmentation), on a small tree in the challenge layout: it runs, its name reaches the packed
+    sample, boxes stay inside the image, label maps keep the image's size and the label range; and
+    mosaic is scheduled off for the last tenth of training."""
+    import os.path as osp
+    import sys
+
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS, DefaultScope
+
+    from conftest import REPO
+    sys.path.insert(0, osp.join(REPO, 'benchmarks'))
+    from bench_aug_loading import make_track1_tree
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone.py'))
+    root = make_track1_tree(str(tmp_path), n=4, det_size=(320, 320), seg_size=(320, 180), cls_size=(160, 120),
+                            det_classes=cfg.det_classes)
+    want = dict(det=(['hard', 'easy'], 'hard'), seg=(['mosaic', 'multiscale'], 'mosaic'),
+                cls=(['autoaugment', 'erasing'], None))
+    for task, (names, mixing) in want.items():
+        ds_cfg = copy.deepcopy(cfg.train_dataloader[task].dataset.to_dict())
+        ds_cfg['data_root'] = osp.join(root, {'det': 'dec'}.get(task, task)) + '/'
+        aug = next(t for t in ds_cfg['pipeline'] if t['type'] == 'MultiBranchAugment')
+        assert aug['names'] == names
+        if mixing:
+            assert aug['schedule'] == [dict(at_frac=0.9, probs={mixing: 0.0})]
+        for name in names:
+            aug['probs'] = [float(n == name) for n in names]
+            with DefaultScope.overwrite_default_scope(ds_cfg['_scope_']):
+                ds = DATASETS.build(copy.deepcopy(ds_cfg))
+            np.random.seed(0)
+            for i in range(2):
+                out = ds[i]
+                sample, img = out['data_samples'], out['inputs']
+                assert sample.metainfo['aug_branch'] == name
+                h, w = img.shape[-2:]
+                if task == 'det':
+                    boxes = sample.gt_instances.bboxes.numpy()
+                    assert len(boxes) > 0 or name == 'easy'
+                    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+                elif task == 'seg':
+                    seg = sample.gt_sem_seg.data
+                    assert tuple(seg.shape[-2:]) == (h, w) == (896, 896)
+                    assert set(np.unique(seg.numpy())) <= set(range(19)) | {255}

@@ -4,6 +4,7 @@ import math
 from collections import Counter, deque
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
@@ -53,9 +54,10 @@ class AugBranchHook(Hook):
     It is applied after iteration N - 1 in this process; a loader with workers is then restarted at
     its position (``TaskIterator.restart_workers``: workers hold a copy of the dataset, and batches
     they prefetched with the old weights are dropped), so the switch is exact with workers too. Each
-    change is logged. The branch weights and the entries applied are saved in every checkpoint and
-    restored on ``--resume`` (entries falling before the resume point that the checkpoint had not
-    applied are applied then).
+    change is logged. The branch weights and the entries applied are saved in every checkpoint. On
+    ``--resume`` the weights are rebuilt as the schedule has them at the resume iteration (as mmdet's
+    switch hooks do, from the config) and checked against the checkpoint's: they agree unless the
+    config or ``max_iters`` (for ``at_frac``) changed, which is then logged as a warning naming both.
 
     Shares: with ``'aug_branch'`` among the Pack transform's ``meta_keys``, every iteration updates
     ``aug.<task>.<branch>``: the share of that task's samples that took the branch over the last
@@ -75,7 +77,7 @@ class AugBranchHook(Hook):
         self.window = window
         self.augs: Dict[str, List[MultiBranchAugment]] = {}
         self.events: List[Tuple[int, str, int, int]] = []  # (iteration, task, aug index, entry index)
-        self.applied = set()
+        self.applied = set()  # (task, aug index, entry index) applied so far
         self._restored = None
         self._counts: Dict[str, deque] = {}
         self._unlabelled_warned = set()
@@ -98,7 +100,7 @@ class AugBranchHook(Hook):
         max_iters = runner.max_iters
         self.augs = {task: branch_augments(loader.dataset) for task, loader in self._train_loaders(runner).items()}
         self.augs = {t: a for t, a in self.augs.items() if a}
-        self.events = []
+        self.events, self.applied = [], set()
         for task, augs in self.augs.items():
             for i, aug in enumerate(augs):
                 aug.driven = True
@@ -109,16 +111,17 @@ class AugBranchHook(Hook):
                                   f'({max_iters}): never applied', logger='current', level=logging.WARNING)
                     self.events.append((it, task, i, j))
         self.events.sort(key=lambda e: e[0])
-        if self._restored is not None:
-            self._restore(self._restored)
-            self._restored = None
         for task, augs in self.augs.items():
             for aug in augs:
                 later = [f'{self._resolve(e, max_iters)}: {e["probs"]}' for e in aug.schedule]
                 print_log(f'aug branches of {task}: ' + ', '.join(f'{n} {p:.2f}' for n, p in aug.probs_by_name().items())
                           + (f' (schedule, from iteration: {"; ".join(later)})' if later else ''), logger='current')
-        # entries due at or before this iteration (the start, or the resume point)
+        # entries due at or before this iteration (the start, or the resume point): the state the
+        # uninterrupted run had here
         self._apply_due(runner, lambda it: it <= runner.iter, restart=False)
+        if self._restored is not None:
+            self._check_restored(self._restored, runner.iter)
+            self._restored = None
 
     # ------------------------------------------------------------------ schedules
     def _apply_due(self, runner, due, restart: bool) -> None:
@@ -197,19 +200,30 @@ class AugBranchHook(Hook):
         if getattr(runner, '_resume', False):
             self._restored = checkpoint.get('aug_branches', {})
 
-    def _restore(self, state: dict) -> None:
+    def _check_restored(self, state: dict, iteration: int) -> None:
+        """On resume the weights are the schedule's at the resume iteration (what the uninterrupted run
+        had there); the checkpoint's must agree, unless the config (branch weights, schedule, max_iters
+        for ``at_frac``) changed since: then say so, and which weights are used."""
         if not state:
-            print_log('the checkpoint holds no branch weights (written without AugBranchHook): the schedule '
-                      'entries up to the resume point are applied from the config', logger='current',
-                      level=logging.WARNING)
+            print_log('the checkpoint holds no branch weights (written without AugBranchHook): the branch '
+                      f'weights are the schedule\'s at iteration {iteration}', logger='current', level=logging.WARNING)
             return
         for task, augs in self.augs.items():
             saved_names = state.get('names', {}).get(task, [])
             saved_weights = state.get('weights', {}).get(task, [])
             for i, aug in enumerate(augs):
-                if i >= len(saved_names) or list(saved_names[i]) != aug.names:
-                    print_log(f'aug branches of {task}: the checkpoint has no weights for branches {aug.names} '
-                              f'(it has {saved_names}): keeping the config\'s', logger='current', level=logging.WARNING)
-                    continue
-                aug.set_weights(dict(zip(aug.names, saved_weights[i])))
-        self.applied = {(t, int(i), int(j)) for t, i, j in state.get('applied', [])}
+                now = aug.probs_by_name()
+                if i < len(saved_names) and list(saved_names[i]) == aug.names:
+                    w = np.asarray(saved_weights[i], np.float64)
+                    saved = dict(zip(aug.names, (w / w.sum()).tolist()))
+                    if np.allclose(list(saved.values()), list(now.values()), rtol=0, atol=1e-9):
+                        print_log(f'aug branches of {task} restored at iteration {iteration}: '
+                                  + ', '.join(f'{n} {p:.2f}' for n, p in now.items()), logger='current')
+                        continue
+                    saved = ', '.join(f'{n} {p:.2f}' for n, p in saved.items())
+                else:
+                    saved = f'branches {saved_names[i] if i < len(saved_names) else "none"}'
+                print_log(f'aug branches of {task}: the checkpoint has {saved}, the config\'s schedule at iteration '
+                          f'{iteration} gives ' + ', '.join(f'{n} {p:.2f}' for n, p in now.items())
+                          + ' (the config or max_iters changed since it was written): using the config\'s',
+                          logger='current', level=logging.WARNING)
