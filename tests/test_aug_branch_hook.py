@@ -153,6 +153,41 @@ def test_bad_schedules_are_named(registered):
                        (dict(at_iter=3, prob=dict(a=0)), r"unknown keys \['prob'\]")):
         with pytest.raises(ValueError, match=msg):
             TRANSFORMS.build(dict(base, schedule=[entry]))
-    aug = TRANSFORMS.build(dict(base, schedule=[dict(at_iter=1, probs=dict(a=0, b=0))]))
-    with pytest.raises(ValueError, match='positive sum'):  # all branches off: refused when it applies
-        aug.set_weights(aug.schedule[0]['probs'])
+    from projects.allinone.engine.hooks import AugBranchHook
+    aug = TRANSFORMS.build(dict(base, schedule=[dict(at_frac=0.5, probs=dict(a=0)), dict(at_iter=8, probs=dict(b=0))]))
+    with pytest.raises(ValueError, match=r"schedule entry \{'at_iter': 8.*would switch every branch of \['a', 'b'\] off"):
+        AugBranchHook().before_train(_stub_runner(SimpleNamespace(pipeline=SimpleNamespace(transforms=[aug]))))
+
+
+class _Versioned(torch.utils.data.Dataset):
+    """Item i is ``version * 100 + i``: shows which copy of the dataset a worker holds."""
+    version = 0
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return self.version * 100 + i
+
+
+def test_restarted_workers_see_the_change_at_the_same_position():
+    """TaskIterator.restart_workers: persistent workers that had prefetched batches start again with the
+    main process's dataset, at the same position of the same epoch order."""
+    from mmengine.dataset import DefaultSampler
+
+    from projects.allinone.engine.loops import TaskIterator
+
+    def loader(ds):  # shuffled from seed + epoch, as the project's loaders
+        return torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True,
+                                           prefetch_factor=2, sampler=DefaultSampler(ds, shuffle=True, seed=0))
+    ref = TaskIterator(loader(_Versioned()))
+    order = [next(ref).tolist() for _ in range(7)]  # into the second epoch
+    ds = _Versioned()
+    it = TaskIterator(loader(ds))
+    got = [next(it).tolist() for _ in range(3)]
+    ds.version = 1  # workers hold version 0 and have batches 4.. prefetched
+    assert it.restart_workers()
+    got += [next(it).tolist() for _ in range(4)]
+    assert got[:3] == order[:3]
+    assert got[3:] == [[100 + i for i in b] for b in order[3:]]
+    assert not TaskIterator(torch.utils.data.DataLoader(ds, batch_size=2)).restart_workers()  # no workers

@@ -29,7 +29,7 @@ def _index_method(transform):
     return getattr(transform, 'get_indexes', None) or getattr(transform, 'get_indices')
 
 
-def _nested(transform):
+def nested_transforms(transform):
     """Transforms held inside a wrapper transform (Compose, RandomChoice, RandomApply, KeyMapper...)."""
     inner = getattr(transform, 'transforms', None)
     if inner is None:
@@ -161,7 +161,7 @@ class MultiBranchAugment(BaseTransform):
         """A mixing transform wrapped in RandomApply / RandomChoice / Compose inside a branch would never
         get its images (neither wrapper looks inside): say so at build time."""
         outer = transform if outer is None else outer
-        for inner in _nested(transform):
+        for inner in nested_transforms(transform):
             if takes_dataset_images(inner):
                 raise ValueError(
                     f'MultiBranchAugment branch {branch!r}: {type(inner).__name__} is nested inside '

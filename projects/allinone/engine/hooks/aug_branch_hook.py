@@ -8,7 +8,7 @@ import numpy as np
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from ...datasets.transforms.multi_branch import MultiBranchAugment, _nested
+from ...datasets.transforms.multi_branch import MultiBranchAugment, nested_transforms
 from ...registry import HOOKS
 
 
@@ -26,7 +26,7 @@ def branch_augments(dataset) -> List[MultiBranchAugment]:
             for branch in t.branches:
                 walk_transform(branch)
             return
-        for inner in _nested(t):
+        for inner in nested_transforms(t):
             walk_transform(inner)
 
     def walk_dataset(ds):
@@ -111,6 +111,7 @@ class AugBranchHook(Hook):
                                   f'({max_iters}): never applied', logger='current', level=logging.WARNING)
                     self.events.append((it, task, i, j))
         self.events.sort(key=lambda e: e[0])
+        self._check_never_all_off()
         for task, augs in self.augs.items():
             for aug in augs:
                 later = [f'{self._resolve(e, max_iters)}: {e["probs"]}' for e in aug.schedule]
@@ -124,6 +125,19 @@ class AugBranchHook(Hook):
             self._restored = None
 
     # ------------------------------------------------------------------ schedules
+    def _check_never_all_off(self) -> None:
+        """Refuse, at the start, a schedule that would leave a transform with every branch off."""
+        for task, augs in self.augs.items():
+            for i, aug in enumerate(augs):
+                weights = dict(zip(aug.names, aug.weights))
+                for it, t, a, j in self.events:
+                    if (t, a) != (task, i):
+                        continue
+                    weights.update(aug.schedule[j]['probs'])
+                    if sum(weights.values()) <= 0:
+                        raise ValueError(f'aug branches of {task}: schedule entry {aug.schedule[j]} (iteration {it}) '
+                                         f'would switch every branch of {aug.names} off')
+
     def _apply_due(self, runner, due, restart: bool) -> None:
         changed = set()
         for it, task, i, j in self.events:
