@@ -79,7 +79,8 @@ class AugBranchHook(Hook):
         self.events: List[Tuple[int, str, int, int]] = []  # (iteration, task, aug index, entry index)
         self.applied = set()  # (task, aug index, entry index) applied so far
         self._restored = None
-        self._counts: Dict[str, deque] = {}
+        self._counts: Dict[str, deque] = {}  # per task: branch counts of the last `window` iterations
+        self._window_len = window or 50
         self._unlabelled_warned = set()
 
     # ------------------------------------------------------------------ finding the transforms
@@ -100,7 +101,8 @@ class AugBranchHook(Hook):
         max_iters = runner.max_iters
         self.augs = {task: branch_augments(loader.dataset) for task, loader in self._train_loaders(runner).items()}
         self.augs = {t: a for t, a in self.augs.items() if a}
-        self.events, self.applied = [], set()
+        self.events, self.applied, self._counts = [], set(), {}
+        self._window_len = self._window(runner)
         for task, augs in self.augs.items():
             for i, aug in enumerate(augs):
                 aug.driven = True
@@ -190,7 +192,7 @@ class AugBranchHook(Hook):
                               "task's Pack transform to log the share of samples per branch",
                               logger='current', level=logging.WARNING)
                 continue
-            window = self._counts.setdefault(task, deque(maxlen=self._window(runner)))
+            window = self._counts.setdefault(task, deque(maxlen=self._window_len))
             window.append(Counter(n for n in names if n is not None))
             total = Counter()
             for c in window:
