@@ -229,6 +229,15 @@ def test_mixing_needs_a_source_and_sits_directly_in_its_branch(registered):
     assert not plain.mixes and plain.get_indexes(list(range(5))) == []
 
 
+def _always_on(cfg):
+    """``cfg`` with every ``prob`` / ``p`` set to 1."""
+    if isinstance(cfg, dict):
+        return {k: (1.0 if k in ('prob', 'p') else _always_on(v)) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(_always_on(v) for v in cfg)
+    return cfg
+
+
 def test_competition_branches_run_on_the_challenge_layout(registered, tmp_path):
     """Every branch of every task of configs/allinone.py (the winners' branches for detection and
     segmentation), on a small tree in the challenge layout: it runs, its name reaches the packed
@@ -237,6 +246,7 @@ def test_competition_branches_run_on_the_challenge_layout(registered, tmp_path):
     import os.path as osp
     import sys
 
+    import torch
     from mmengine.config import Config
     from mmengine.registry import DATASETS, DefaultScope
 
@@ -255,8 +265,12 @@ def test_competition_branches_run_on_the_challenge_layout(registered, tmp_path):
         assert aug['names'] == names
         if mixing:
             assert aug['schedule'] == [dict(at_frac=0.9, probs={mixing: 0.0})]
-        for name in names:
+        branches = copy.deepcopy(aug['branches'])
+        for (name, every_op) in [(n, e) for n in names for e in (False, True)]:
             aug['probs'] = [float(n == name) for n in names]
+            # every_op: each random op of the branches always on (OneOf still picks one), so that a
+            # rare op (grayscale at p 0.1, a noise op) cannot hide a bad output
+            aug['branches'] = _always_on(copy.deepcopy(branches)) if every_op else branches
             with DefaultScope.overwrite_default_scope(ds_cfg['_scope_']):
                 ds = DATASETS.build(copy.deepcopy(ds_cfg))
             np.random.seed(0)
@@ -264,6 +278,7 @@ def test_competition_branches_run_on_the_challenge_layout(registered, tmp_path):
                 out = ds[i]
                 sample, img = out['data_samples'], out['inputs']
                 assert sample.metainfo['aug_branch'] == name
+                assert img.dtype == torch.uint8, (task, name)  # no transform left a float image behind
                 h, w = img.shape[-2:]
                 if task == 'det':
                     boxes = sample.gt_instances.bboxes.numpy()

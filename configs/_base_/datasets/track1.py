@@ -97,7 +97,8 @@ seg_train_pipeline = [
               seg_weather,
               dict(type='RandomFlip', prob=0.5),
               dict(type='PhotoMetricDistortion'),
-              dict(type='RandomApply', transforms=[dict(type='RGB2Gray')], prob=0.1),
+              # grayscale, 3 channels, uint8 (mmseg's RGB2Gray returns float64, which the noise ops refuse)
+              dict(type='AlbuAugment', transforms=[dict(type='ToGray', p=0.1)]),
               dict(type='RandomRotate', prob=0.2, degree=15),
               noise_or_blur],
          ]),
