@@ -25,8 +25,9 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'))
 
-# random states in checkpoints, so that --resume repeats the uninterrupted run's random draws
-custom_hooks = [dict(type='RandomStateHook')]
+# random states in checkpoints, so that --resume repeats the uninterrupted run's random draws;
+# the MultiBranchAugment schedules of the train pipelines, and the share of samples per branch in the log
+custom_hooks = [dict(type='RandomStateHook'), dict(type='AugBranchHook')]
 
 log_processor = dict(type='LogProcessor', window_size=50, by_epoch=False)
 vis_backends = [dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]

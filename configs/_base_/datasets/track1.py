@@ -21,21 +21,51 @@ seg_scale = (1280, 720)
 seg_crop = (896, 896)
 cls_size = 448
 
-# detection: flip, then exactly one of a hard branch (scale jitter + crop + blur/noise) or an easy one
+# Multi-branch augmentation as the winning solution (TBGC) ran it: every sample takes exactly one
+# branch, so composition (Mosaic, MixUp) never stacks with heavy geometric or weather jitter. A mixing
+# branch's extra images are loaded by the dataset through the transforms before MultiBranchAugment;
+# branches that do not mix load nothing more. AugBranchHook (default runtime) applies the schedules
+# (mosaic off for the last tenth of training) and logs the share of samples per branch.
+# one noise or blur op (p 0.6), as the winners' albumentations block; GaussNoise std up to sqrt(50) grey levels
+noise_or_blur = dict(type='AlbuAugment', transforms=[dict(type='OneOf', p=0.6, transforms=[
+    dict(type='GaussNoise', std_range=(0.0, 0.028), p=1.0),
+    dict(type='Blur', blur_limit=3, p=1.0),
+    dict(type='Emboss', alpha=(0.2, 0.5), strength=(0.2, 0.7), p=0.5),
+    dict(type='GaussianBlur', blur_limit=(3, 5), p=1.0),
+    dict(type='MultiplicativeNoise', multiplier=(0.8, 1.2), elementwise=True, p=1.0)])])
+
+# detection: hard (p 0.8): Mosaic, RandomAffine scale 0.2-1.5, MixUp, HSV, flip, noise/blur;
+# easy (p 0.2): multi-scale resize or resize + crop + resize, flip, mild rotation, noise/blur.
+# The winners' sizes were for a 1280 px test scale; here they are scaled by det_scale / 1280.
+_det_f = det_scale[0] / 1280
+det_short_sides = [(int(s * _det_f), int(s * _det_f)) for s in range(800, 1281, 32)]  # 0.625-1.0 of the test scale
 det_train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='MultiBranchAugment', names=['jitter', 'plain'], probs=[0.8, 0.2], branches=[
-        [dict(type='RandomResize', scale=det_scale, ratio_range=(0.5, 1.5), keep_ratio=True),
-         dict(type='RandomCrop', crop_size=det_scale, allow_negative_crop=True),
-         dict(type='AlbuAugment', transforms=[
-             dict(type='RandomBrightnessContrast', p=0.5),
-             dict(type='OneOf', transforms=[dict(type='GaussNoise'), dict(type='Blur', blur_limit=3)], p=0.3)])],
-        [dict(type='Resize', scale=det_scale, keep_ratio=True)],
-    ]),
+    dict(type='MultiBranchAugment', names=['hard', 'easy'], probs=[0.8, 0.2],
+         schedule=[dict(at_frac=0.9, probs=dict(hard=0.0))], branches=[
+             [dict(type='Mosaic', img_scale=det_scale, pad_val=114.0),
+              dict(type='RandomAffine', max_rotate_degree=0.0, max_translate_ratio=0.0, max_shear_degree=0.0,
+                   scaling_ratio_range=(0.2, 1.5), border=(-det_scale[0] // 2, -det_scale[1] // 2)),
+              dict(type='MixUp', img_scale=det_scale, ratio_range=(0.5, 1.5), pad_val=114.0),
+              dict(type='YOLOXHSVRandomAug'),
+              dict(type='Resize', scale=det_scale, keep_ratio=True),
+              dict(type='RandomFlip', prob=0.5),
+              noise_or_blur],
+             [dict(type='RandomChoice', transforms=[
+                 [dict(type='RandomChoiceResize', scales=det_short_sides, keep_ratio=True)],
+                 [dict(type='RandomChoiceResize', keep_ratio=True,
+                       scales=[(int(s * _det_f), int(s * _det_f)) for s in (832, 928, 1024, 1120, 1280)]),
+                  dict(type='RandomCrop', crop_type='absolute_range', crop_size=(int(640 * _det_f), int(1280 * _det_f)),
+                       allow_negative_crop=True),
+                  dict(type='RandomChoiceResize', scales=det_short_sides, keep_ratio=True)]]),
+              dict(type='RandomFlip', prob=0.5),
+              dict(type='Rotate', prob=0.6, max_mag=10.0, img_border_value=114),
+              noise_or_blur],
+         ]),
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
-    dict(type='PackDetInputs'),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+                                          'flip_direction', 'aug_branch')),
 ]
 det_test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
@@ -43,19 +73,38 @@ det_test_pipeline = [
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
-# segmentation: multi-scale crop + photometric, or the same geometry with weather effects
+# segmentation: mosaic (p 0.4): RandomMosaic of 4 frames at their own scale, resize x1-2 of the
+# test scale, crop, flip, photometric, noise/blur; multi-scale (p 0.6): resize x0.5-2, crop, weather
+# (p 0.1), flip, photometric, grayscale (p 0.1), rotation (p 0.2, up to 15 degrees), noise/blur.
+seg_weather = dict(type='AlbuAugment', transforms=[dict(type='OneOf', p=0.1, transforms=[
+    dict(type='RandomFog', fog_coef_range=(0.3, 0.6), p=1.0), dict(type='RandomRain', p=1.0),
+    dict(type='Spatter', p=1.0), dict(type='RandomSunFlare', src_radius=200, p=1.0),
+    dict(type='RandomBrightnessContrast', brightness_limit=(-0.6, 0.6), contrast_limit=0.0, p=1.0)])])
 seg_train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=seg_scale, ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=seg_crop, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='MultiBranchAugment', names=['photometric', 'weather'], probs=[0.6, 0.4], branches=[
-        [dict(type='PhotoMetricDistortion')],
-        [dict(type='AlbuAugment', transforms=[dict(type='OneOf', transforms=[
-            dict(type='RandomFog'), dict(type='RandomRain'), dict(type='RandomSunFlare')], p=1.0)])],
-    ]),
-    dict(type='PackSegInputs'),
+    dict(type='MultiBranchAugment', names=['mosaic', 'multiscale'], probs=[0.4, 0.6],
+         schedule=[dict(at_frac=0.9, probs=dict(mosaic=0.0))], branches=[
+             [dict(type='RandomMosaic', prob=1.0, img_scale=seg_scale[::-1], center_ratio_range=(1.0, 1.0),
+                   pad_val=0, seg_pad_val=255),
+              dict(type='RandomResize', scale=seg_scale, ratio_range=(1.0, 2.0), keep_ratio=True),
+              dict(type='RandomCrop', crop_size=seg_crop, cat_max_ratio=0.75),
+              dict(type='RandomFlip', prob=0.5),
+              dict(type='PhotoMetricDistortion'),
+              noise_or_blur],
+             [dict(type='RandomResize', scale=seg_scale, ratio_range=(0.5, 2.0), keep_ratio=True),
+              dict(type='RandomCrop', crop_size=seg_crop, cat_max_ratio=0.75),
+              seg_weather,
+              dict(type='RandomFlip', prob=0.5),
+              dict(type='PhotoMetricDistortion'),
+              # grayscale, 3 channels, uint8 (mmseg's RGB2Gray returns float64, which the noise ops refuse)
+              dict(type='AlbuAugment', transforms=[dict(type='ToGray', p=0.1)]),
+              dict(type='RandomRotate', prob=0.2, degree=15),
+              noise_or_blur],
+         ]),
+    dict(type='PackSegInputs', meta_keys=('img_path', 'seg_map_path', 'ori_shape', 'img_shape', 'pad_shape',
+                                          'scale_factor', 'flip', 'flip_direction', 'reduce_zero_label',
+                                          'aug_branch')),
 ]
 seg_test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
@@ -63,7 +112,7 @@ seg_test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
-# classification: AutoAugment and random erasing never on the same image
+# classification (the challenge baseline's branches): AutoAugment and random erasing never on the same image
 cls_train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='RandomResizedCrop', scale=cls_size),
@@ -72,7 +121,8 @@ cls_train_pipeline = [
         [dict(type='AutoAugment', policies='imagenet')],
         [dict(type='RandomErasing', erase_prob=0.5, mode='rand', min_area_ratio=0.02, max_area_ratio=1 / 3)],
     ]),
-    dict(type='PackInputs'),
+    dict(type='PackInputs', meta_keys=('sample_idx', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+                                       'flip_direction', 'aug_branch')),
 ]
 cls_test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),

@@ -29,6 +29,7 @@ from mmseg.registry import DATASETS as SEG_DATASETS
 from PIL import Image
 
 from ..registry import DATASETS
+from .mixing import MixingPipelineMixin
 
 
 class BadInputError(ValueError):
@@ -100,7 +101,7 @@ class ByNameCOCO(COCO):
 
 
 @DATASETS.register_module()
-class ChallengeCocoDataset(BadSamplePolicy, CocoDataset):
+class ChallengeCocoDataset(MixingPipelineMixin, BadSamplePolicy, CocoDataset):
     """COCO json detection (TT100K in the challenge) with every image and box checked.
 
     Boxes get their class by category name: label ``i`` is the config's ``i``-th class whatever the
@@ -207,7 +208,7 @@ class ChallengeCocoDataset(BadSamplePolicy, CocoDataset):
 
 
 @SEG_DATASETS.register_module()
-class ChallengeSegDataset(BadSamplePolicy, BaseSegDataset):
+class ChallengeSegDataset(MixingPipelineMixin, BadSamplePolicy, BaseSegDataset):
     """Images with single-channel label PNGs (BDD100K in the challenge), each pair checked.
 
     Args:
@@ -260,7 +261,7 @@ class ChallengeSegDataset(BadSamplePolicy, BaseSegDataset):
 
 
 @CLS_DATASETS.register_module()
-class ChallengeClsDataset(BadSamplePolicy, CustomDataset):
+class ChallengeClsDataset(MixingPipelineMixin, BadSamplePolicy, CustomDataset):
     """``image_name class_id`` lists (Stanford Cars in the challenge), each line checked."""
 
     def __init__(self, *args, on_bad_sample: str = 'raise', **kwargs):

@@ -115,6 +115,23 @@ class TaskIterator:
                 next(self._it)
         self.offset = skip
 
+    def restart_workers(self) -> bool:
+        """Start fresh loader workers at the current position, so that a change just made to the
+        dataset's transforms in this process (a branch schedule) reaches them; workers hold a copy of
+        the dataset from when they started. Batches the old workers had prefetched are dropped and the
+        current epoch's batches so far are drawn again, random states kept (as ``seek``). Returns
+        whether there was anything to restart (not without workers or before the first batch)."""
+        if self._it is None or not getattr(self.loader, 'num_workers', 0):
+            return False
+        drawn = self.epoch * len(self.loader) + self.offset
+        # a persistent-workers loader keeps its iterator (and workers) in `_iterator`; dropping it makes
+        # the next `iter()` start new ones (what mmdet's PipelineSwitchHook does)
+        self._it = None
+        if getattr(self.loader, 'persistent_workers', False):
+            self.loader._iterator = None
+        self.seek(drawn)
+        return True
+
 
 @LOOPS.register_module()
 class MultiTaskTrainLoop(IterBasedTrainLoop):
