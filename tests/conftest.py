@@ -89,3 +89,40 @@ def register_toy(backbone_cls, task_cls):
     from projects.allinone.registry import MODELS
     MODELS.register_module(module=backbone_cls, force=True)
     ROOT_MODELS.register_module(module=task_cls, force=True)
+
+
+@pytest.fixture(scope='session')
+def trained_demo(demo_data, tmp_path_factory):
+    """A small trained demo run, shared by the tests of the inference and visualisation tools.
+
+    ``configs/allinone_demo.py`` on the small demo data for 4 iterations (batch 2, validation and a
+    checkpoint at 4; every detection kept) through ``tools/train.py``. Gives ``config`` (a child config of the demo
+    pointing at the small data), ``checkpoint``, ``work_dir`` and ``data``.
+    """
+    import subprocess
+    from types import SimpleNamespace
+    root = tmp_path_factory.mktemp('trained_demo')
+    data = demo_data.rstrip('/')
+    loaders = ', '.join(f'{task}=dict(batch_size={{batch}}, dataset=dict(data_root={data + "/" + sub + "/"!r}))'
+                        for task, sub in (('det', 'dec'), ('seg', 'seg'), ('cls', 'cls')))
+    config = root / 'demo_small.py'
+    config.write_text('\n'.join([
+        f'_base_ = [{DEMO_CFG!r}]',
+        'train_dataloader = dict(' + loaders.format(batch=2) + ')',
+        'val_dataloader = dict(' + loaders.format(batch=16) + ')',
+        'test_dataloader = val_dataloader',
+        f'val_evaluator = dict(det=dict(ann_file={data + "/dec/val.json"!r}))',
+        'test_evaluator = val_evaluator',
+        'train_cfg = dict(max_iters=4, val_interval=4)',
+        "param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]",
+        'default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=4))',
+        "visualizer = dict(vis_backends=[dict(type='LocalVisBackend')])",
+        '# 4 iterations leave every detection score low: keep them all (up to max_per_img) to compare',
+        'model = dict(tasks=dict(det=dict(test_cfg=dict(score_thr=0.0))))', '']))
+    work_dir = root / 'work'
+    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'train.py'), str(config), '--work-dir',
+                           str(work_dir)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f'training the demo fixture failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
+    return SimpleNamespace(config=str(config), checkpoint=str(work_dir / 'iter_4.pth'), work_dir=str(work_dir),
+                           data=demo_data)

@@ -28,7 +28,8 @@ default_hooks = dict(
 # random states in checkpoints, so that --resume repeats the uninterrupted run's random draws
 custom_hooks = [dict(type='RandomStateHook')]
 
-log_processor = dict(type='LogProcessor', window_size=50, by_epoch=False)
+# mmengine's LogProcessor, with evaluation headers that name each task's loader
+log_processor = dict(type='MultiTaskLogProcessor', window_size=50, by_epoch=False)
 vis_backends = [dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
 log_level = 'INFO'
