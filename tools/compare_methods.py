@@ -21,7 +21,6 @@ interleaved steps, ratio to the vanilla step, profiler peak memory), and the too
 peak memory) and ``--out/curves.png`` (each task's validation score over training).
 """
 import argparse
-import glob
 import json
 import keyword
 import os
@@ -164,12 +163,11 @@ def read_run(run_dir):
     if osp.exists(hist):
         with open(hist) as f:
             history = [h for h in json.load(f) if h.get('mode') == 'val']
-    times = []
-    files = sorted(glob.glob(osp.join(run_dir, '*', 'vis_data', 'scalars.json')), key=osp.getmtime)
-    if files:
-        with open(files[-1]) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        times = [r['time'] for r in rows if 'time' in r and 'loss' in r]
+    from projects.allinone.visualization.scalar_logs import load_scalar_logs
+    try:  # every segment of a resumed run
+        times = [r['time'] for r in load_scalar_logs(run_dir)[0] if 'time' in r]
+    except FileNotFoundError:
+        times = []
     half = times[len(times) // 2:]
     return board, history, (statistics.median(half) if half else float('nan'))
 

@@ -74,9 +74,10 @@ class AllInOneInferencer(BaseInferencer):
         show_progress: a progress bar over the images.
         min_size: pictures of smaller images are drawn enlarged to this short side.
 
-    Call ``inferencer(inputs, batch_size=1, return_vis=False, out_dir='', pred_score_thr=0.3,
-    return_datasamples=False, no_save_vis=False, no_save_pred=False, print_result=False)``; inputs
-    are image paths, BGR arrays, or a folder. Returns ``{'predictions': [...], 'visualization':
+    Call ``inferencer(inputs, batch_size=1, tasks=None, return_vis=False, out_dir='',
+    pred_score_thr=0.3, return_datasamples=False, no_save_vis=False, no_save_pred=False,
+    print_result=False)``; inputs are image paths, BGR arrays, or a folder; ``tasks`` a subset of
+    the loaded tasks for this call. Returns ``{'predictions': [...], 'visualization':
     [...], 'errors': [...]}``: per image ``{'input': name, task: {...}}`` with, by what the task
     predicts, ``bboxes`` (x1, y1, x2, y2 in the input's pixels) + ``scores`` + ``labels`` +
     ``label_names``; ``sem_seg`` (an H x W label map; in the saved JSON a PNG path) + ``classes``;
@@ -224,30 +225,36 @@ class AllInOneInferencer(BaseInferencer):
         """``inputs`` is ``{task: collated batch}``: that task's ``test_step``, as the test loop runs it."""
         return self.model.test_step(inputs)
 
-    def _run_chunk(self, items: list, errors: list) -> tuple:
+    def _run_chunk(self, items: list, errors: list, tasks: List[str]) -> tuple:
         """Predictions ``[{task: data sample}]`` for the readable items, and their positions."""
-        data = {t: [] for t in self.tasks}
+        data = {t: [] for t in tasks}
         ok = []
         for i, item in enumerate(items):
             try:
-                per_task = {t: self.pipeline[t](item) for t in self.tasks}
+                per_task = {t: self.pipeline[t](item) for t in tasks}
             except ImageReadError as e:
                 errors.append(dict(input=item if isinstance(item, str) else f'array {i}', error=str(e)))
                 print_log(f'skipped: {e}', logger='current', level=logging.WARNING)
                 continue
             ok.append(i)
-            for t in self.tasks:
+            for t in tasks:
                 data[t].append(per_task[t])
         samples = [OrderedDict() for _ in ok]
         if ok:
-            for t in self.tasks:
+            for t in tasks:
                 for k, s in enumerate(self.forward({t: self.collate_fn[t](data[t])})):
                     samples[k][t] = s
         return ok, samples
 
     def __call__(self, inputs, batch_size: int = 1, return_datasamples: bool = False, out_dir: str = '',
-                 **kwargs) -> dict:
+                 tasks: Optional[Sequence[str]] = None, **kwargs) -> dict:
         from tqdm import tqdm
+        if tasks is None:
+            tasks = self.tasks
+        elif any(t not in self.tasks for t in tasks):
+            raise KeyError(f'tasks {[t for t in tasks if t not in self.tasks]} are not loaded (the inferencer '
+                           f'runs {self.tasks})')
+        tasks = [t for t in self.tasks if t in tasks]
         kwargs.setdefault('img_out_dir', out_dir)
         kwargs.setdefault('pred_out_dir', out_dir)
         _, _, vis_kwargs, post_kwargs = self._dispatch_kwargs(**kwargs)
@@ -257,7 +264,7 @@ class AllInOneInferencer(BaseInferencer):
         bar = tqdm(total=len(items), desc='infer', unit='img', disable=not self.show_progress)
         for start in range(0, len(items), max(1, batch_size)):
             chunk = items[start:start + batch_size]
-            ok, samples = self._run_chunk(chunk, errors)
+            ok, samples = self._run_chunk(chunk, errors, tasks)
             kept = [(names[start + i], chunk[i]) for i in ok]
             visualization += self.visualize(kept, samples, **vis_kwargs) or []
             preds += [(n, s) for (n, _), s in zip(kept, samples)]

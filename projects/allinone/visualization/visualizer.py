@@ -147,8 +147,17 @@ class MultiTaskVisualizer(Visualizer):
         drawer = self._drawer(task, kind)
         if kind == 'classification':
             return drawer.visualize_cls(image, sample, draw_gt=draw_gt, draw_pred=draw_pred, name=task)
-        kwargs = dict(pred_score_thr=pred_score_thr) if kind == 'detection' else {}
-        drawer.add_datasample(task, image, sample, draw_gt=draw_gt, draw_pred=draw_pred, **kwargs)
+        if kind == 'segmentation':
+            # SegLocalVisualizer hands its ground truth | prediction picture only to its backends
+            # (get_image() is the last label map drawn): draw each half, joined as it joins them
+            halves = []
+            for gt, pred, key in ((True, False, 'gt_sem_seg'), (False, True, 'pred_sem_seg')):
+                if (draw_gt if gt else draw_pred) and key in sample:
+                    drawer.add_datasample(task, image, sample, draw_gt=gt, draw_pred=pred)
+                    halves.append(drawer.get_image())
+            return np.concatenate(halves, axis=1) if halves else image
+        drawer.add_datasample(task, image, sample, draw_gt=draw_gt, draw_pred=draw_pred,
+                              pred_score_thr=pred_score_thr)
         return drawer.get_image()
 
     def draw_tasks(self, image: np.ndarray, samples: Dict[str, object], draw_gt: bool = True,
