@@ -92,24 +92,19 @@ def register_toy(backbone_cls, task_cls):
 
 
 @pytest.fixture(scope='session')
-def trained_demo(demo_data, tmp_path_factory):
-    """A small trained demo run, shared by the tests of the inference and visualisation tools.
-
-    ``configs/allinone_demo.py`` on the small demo data for 4 iterations (batch 2, validation and a
-    checkpoint at 4; every detection kept) through ``tools/train.py``. Gives ``config`` (a child config of the demo
-    pointing at the small data), ``checkpoint``, ``work_dir`` and ``data``.
-    """
-    import subprocess
-    from types import SimpleNamespace
-    root = tmp_path_factory.mktemp('trained_demo')
+def demo_small_config(demo_data, tmp_path_factory):
+    """A child config of ``configs/allinone_demo.py`` on the small demo data: 4 iterations (batch 2),
+    validation and a checkpoint at 4, a log row per iteration, test batches of one image, every
+    detection kept at test time."""
     data = demo_data.rstrip('/')
     loaders = ', '.join(f'{task}=dict(batch_size={{batch}}, dataset=dict(data_root={data + "/" + sub + "/"!r}))'
                         for task, sub in (('det', 'dec'), ('seg', 'seg'), ('cls', 'cls')))
-    config = root / 'demo_small.py'
+    config = tmp_path_factory.mktemp('demo_small') / 'demo_small.py'
     config.write_text('\n'.join([
         f'_base_ = [{DEMO_CFG!r}]',
         'train_dataloader = dict(' + loaders.format(batch=2) + ')',
-        'val_dataloader = dict(' + loaders.format(batch=16) + ')',
+        # one image per test batch, as the inferencer runs: the same computation, the same numbers
+        'val_dataloader = dict(' + loaders.format(batch=1) + ')',
         'test_dataloader = val_dataloader',
         f'val_evaluator = dict(det=dict(ann_file={data + "/dec/val.json"!r}))',
         'test_evaluator = val_evaluator',
@@ -119,10 +114,20 @@ def trained_demo(demo_data, tmp_path_factory):
         "visualizer = dict(vis_backends=[dict(type='LocalVisBackend')])",
         '# 4 iterations leave every detection score low: keep them all (up to max_per_img) to compare',
         'model = dict(tasks=dict(det=dict(test_cfg=dict(score_thr=0.0))))', '']))
-    work_dir = root / 'work'
-    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'train.py'), str(config), '--work-dir',
+    return str(config)
+
+
+@pytest.fixture(scope='session')
+def trained_demo(demo_data, demo_small_config, tmp_path_factory):
+    """A small trained demo run, shared by the tests of the inference and visualisation tools:
+    ``demo_small_config`` trained through ``tools/train.py``. Gives ``config``, ``checkpoint``
+    (``iter_4.pth``), ``work_dir`` and ``data``."""
+    import subprocess
+    from types import SimpleNamespace
+    work_dir = tmp_path_factory.mktemp('trained_demo') / 'work'
+    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'train.py'), demo_small_config, '--work-dir',
                            str(work_dir)], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f'training the demo fixture failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
-    return SimpleNamespace(config=str(config), checkpoint=str(work_dir / 'iter_4.pth'), work_dir=str(work_dir),
+    return SimpleNamespace(config=demo_small_config, checkpoint=str(work_dir / 'iter_4.pth'), work_dir=str(work_dir),
                            data=demo_data)

@@ -30,6 +30,18 @@ def read_png(path):
     return img
 
 
+def assert_same_prediction(task, ours, ref):
+    """The same prediction, number for number (both ran the image alone through the same model)."""
+    if task == 'det':
+        assert len(ref.pred_instances) > 0
+        for key in ('labels', 'scores', 'bboxes'):
+            assert torch.equal(getattr(ours.pred_instances, key), getattr(ref.pred_instances, key)), key
+    elif task == 'seg':
+        assert torch.equal(ours.pred_sem_seg.data, ref.pred_sem_seg.data)
+    else:
+        assert torch.equal(ours.pred_label, ref.pred_label) and torch.equal(ours.pred_score, ref.pred_score)
+
+
 def log_text(work_dir):
     return '\n'.join(open(p).read() for p in glob.glob(osp.join(work_dir, '*', '*.log')))
 
@@ -70,22 +82,14 @@ def test_inferencer_equals_the_test_loop_and_the_hook_draws_every_task(registere
     assert sorted(inferencer.tasks) == sorted(tasks)
     for task, by_path in recorder.outputs.items():
         paths = sorted(by_path)[:4]
-        result = inferencer(paths, return_datasamples=True, batch_size=2, tasks=[task])
+        result = inferencer(paths, return_datasamples=True, tasks=[task])
         assert not result['errors'] and len(result['predictions']) == len(paths)
         for path, pred in zip(paths, result['predictions']):
             assert set(pred) == {'input', task}
-            ours, loop = pred[task], by_path[path]
-            if task == 'det':
-                assert len(loop.pred_instances) > 0
-                assert torch.equal(ours.pred_instances.labels, loop.pred_instances.labels)
-                torch.testing.assert_close(ours.pred_instances.scores, loop.pred_instances.scores, atol=1e-5, rtol=0)
-                torch.testing.assert_close(ours.pred_instances.bboxes, loop.pred_instances.bboxes, atol=1e-3, rtol=0)
-            elif task == 'seg':
-                assert ours.pred_sem_seg.data.shape == loop.pred_sem_seg.data.shape
-                assert torch.equal(ours.pred_sem_seg.data, loop.pred_sem_seg.data)
-            else:
-                assert torch.equal(ours.pred_label, loop.pred_label)
-                torch.testing.assert_close(ours.pred_score, loop.pred_score, atol=1e-6, rtol=0)
+            assert_same_prediction(task, pred[task], by_path[path])
+        # an image given as an array (BGR, as OpenCV reads it) is predicted as its file is
+        arr = inferencer([mmcv.imread(paths[0])], return_datasamples=True, tasks=[task])['predictions'][0]
+        assert_same_prediction(task, arr[task], by_path[paths[0]])
     # plain-python predictions name the classes of each task's dataset
     plain = inferencer(sorted(recorder.outputs['det'])[:1])['predictions'][0]
     det_classes = list(inferencer.dataset_metas['det']['classes'])
@@ -114,7 +118,7 @@ def test_inferencer_equals_the_test_loop_and_the_hook_draws_every_task(registere
     log = log_text(str(tmp_path / 'work'))
     counts = ', '.join(f'{t} {len(runner.test_loop.dataloaders[t])}' for t in runner.test_loop.dataloaders)
     assert f'Iter(test) [{counts}]' in log and f'Iter(val) [{counts}]' in log
-    assert re.search(r'Iter\(test\) det \[1/1\]', log)
+    assert re.search(r'Iter\(test\) det \[1/6\]', log) and re.search(r'Iter\(test\) cls \[ 1/15\]', log)
     assert f'Iter(val) [{counts}]' in log_text(trained_demo.work_dir)  # validation inside training too
 
 
@@ -167,10 +171,25 @@ def test_infer_tool_pictures_json_and_bad_inputs(registered, trained_demo, tmp_p
         infer.main([str(tmp_path / 'seg_only'), trained_demo.config, trained_demo.checkpoint])
 
 
-def test_browse_dataset_captions_each_sample_with_its_branch(registered, trained_demo, tmp_path, capsys):
+@pytest.mark.slow
+def test_analyze_logs_on_a_trained_run(trained_demo, tmp_path):
+    import analyze_logs
+    assert analyze_logs.main([trained_demo.work_dir, '--names', 'demo', '--out', str(tmp_path)]) == 0
+    series = json.load(open(tmp_path / 'analyze.json'))['series']['demo']
+    for task in ('det', 'seg', 'cls'):  # a log row per iteration of the 4
+        for key in ('loss', 'grad_norm', 'grad_norm_agg', 'weight'):
+            assert [s for s, _ in series[f'{task}.{key}']] == [1, 2, 3, 4]
+    logged = [json.loads(line) for line in open(glob.glob(osp.join(trained_demo.work_dir, '*', 'vis_data',
+                                                                    'scalars.json'))[0])]
+    assert [v for _, v in series['det.grad_norm']] == [r['det.grad_norm'] for r in logged if 'det.grad_norm' in r]
+    assert {k for k in series if k.startswith('cos.')} == {'cos.det-seg', 'cos.det-cls', 'cos.seg-cls'}
+    read_png(str(tmp_path / 'gradients.png'))
+
+
+def test_browse_dataset_captions_each_sample_with_its_branch(registered, demo_small_config, tmp_path, capsys):
     import browse_dataset
     out = tmp_path / 'browse'
-    assert browse_dataset.main([trained_demo.config, '--task', 'det', 'seg', '--num', '6', '--per-page', '4',
+    assert browse_dataset.main([demo_small_config, '--task', 'det', 'seg', '--num', '6', '--per-page', '4',
                                 '--cols', '2', '--cell', '96', '--out-dir', str(out)]) == 0
     assert sorted(os.listdir(out)) == ['browse_det.json', 'browse_det_0.png', 'browse_det_1.png', 'browse_seg.json',
                                        'browse_seg_0.png', 'browse_seg_1.png']
@@ -187,7 +206,7 @@ def test_browse_dataset_captions_each_sample_with_its_branch(registered, trained
     printed = capsys.readouterr().out
     assert re.search(r'det: 6 samples, branches: photometric \d, scale_crop \d', printed)
     with pytest.raises(SystemExit, match=r"\['lane'\] not in train_dataloader"):
-        browse_dataset.main([trained_demo.config, '--task', 'lane'])
+        browse_dataset.main([demo_small_config, '--task', 'lane'])
 
 
 def _scalar_file(work_dir, stamp, rows):
@@ -280,7 +299,8 @@ def test_test_tool_show_dir_and_progress_bar(trained_demo, tmp_path):
         assert len(files) == 1
         read_png(str(show / task / files[0]))
     # the bar ran over every task's batches (the submission export included) and reached the end
-    assert re.search(r'test (cls|det|seg): 100%\|.*\| 3/3', proc.stderr), proc.stderr[-2000:]
+    n_batches = sum(len(os.listdir(osp.join(trained_demo.data, d))) for d in ('dec/val', 'seg/images/val', 'cls/val'))
+    assert re.search(rf'test (cls|det|seg): 100%\|.*\| {n_batches}/{n_batches}', proc.stderr), proc.stderr[-2000:]
     assert set(json.load(open(tmp_path / 'sub.json'))) == {'cls', 'dec', 'seg'}
 
 

@@ -31,7 +31,8 @@ def parse_args(argv=None):
                         'json with "images" (its ids become the detection image_id)')
     parser.add_argument('--show-dir', metavar='DIR', help='pictures of the predictions beside the ground truth, '
                         "DIR/<task>/<image>.png, each task drawn by its library's visualiser")
-    parser.add_argument('--show-num', type=int, default=20, metavar='N', help='at most N pictures per task (default 20)')
+    parser.add_argument('--show-num', type=int, default=20, metavar='N',
+                        help='at most N pictures per task (default 20)')
     return parser.parse_args(argv)
 
 
@@ -77,7 +78,8 @@ def main(argv=None):
     # a progress bar over every task's batches (the test and the submission export); --show-dir pictures
     hooks = [dict(type='ProgressBarHook')]
     if show_dir:
-        hooks.append(dict(type='MultiTaskVisualizationHook', draw=True, test_out_dir=show_dir, max_per_task=args.show_num))
+        hooks.append(dict(type='MultiTaskVisualizationHook', draw=True, test_out_dir=show_dir,
+                          max_per_task=args.show_num))
     cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + hooks
     runner = Runner.from_cfg(cfg)
     return runner.test()
