@@ -68,7 +68,7 @@ def test_inferencer_equals_the_test_loop_and_the_hook_draws_every_task(registere
     cfg.work_dir = str(tmp_path / 'work')
     cfg.load_from = trained_demo.checkpoint
     cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
-        dict(type='MultiTaskVisualizationHook', draw=True, interval=1, test_out_dir=str(tmp_path / 'show'),
+        dict(type='MultiTaskVisualizationHook', draw=True, interval=5, test_out_dir=str(tmp_path / 'show'),
              max_per_task=2, min_size=128)]
     runner = Runner.from_cfg(cfg)
     recorder = Recorder()

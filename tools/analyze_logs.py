@@ -28,11 +28,11 @@ sys.path.insert(0, REPO)
 from projects.allinone.visualization.scalar_logs import (cosine_pairs, fresh_cosines,  # noqa: E402
                                                          load_scalar_logs, series, task_names)
 
-#: (key suffix, row title, log scale)
+#: (key suffix, row title, log scale when every value is positive)
 TASK_ROWS = [('loss', 'loss', True),
              ('grad_norm', 'backbone grad norm, before aggregation', True),
              ('grad_norm_agg', 'backbone grad norm, as aggregated', True),
-             ('weight', 'weight in the update', False)]
+             ('weight', 'weight in the update', True)]
 
 
 def parse_args(argv=None):
@@ -63,6 +63,32 @@ def load_run(work_dir, start=0):
         raise ValueError(f'{work_dir}: the logs ({len(files)} file(s)) hold no per-task gradient statistics '
                          '({task}.grad_norm); was it trained with MultiTaskOptimWrapper?')
     return train, tasks
+
+
+def share_row_range(axes, log):
+    """The same y range (from the plotted data, with a margin) on every panel of a row; log scale
+    when asked and every value is positive."""
+    import numpy as np
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    values = np.concatenate([np.asarray(ln.get_ydata(), float) for ax in axes for ln in ax.lines] or [np.zeros(0)])
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return
+    lo, hi = float(values.min()), float(values.max())
+    log = log and lo > 0
+    if log:
+        span = max(hi / lo, 1.0001) ** 0.06
+        lo, hi = lo / span, hi * span
+    else:
+        pad = 0.06 * (hi - lo) or 0.06 * max(abs(hi), 1e-12)
+        lo, hi = lo - pad, hi + pad
+    for ax in axes:
+        if log:
+            ax.set_yscale('log')
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(lo, hi)
 
 
 def _heat_edges(steps):
@@ -98,8 +124,6 @@ def main(argv=None):
                 data[name][f'{t}.{suffix}'] = [[x, y] for x, y in zip(xs, ys)]
                 if xs:
                     ax.plot(xs, ys, color=colour[t], lw=1.1, label=t)
-            if log and ax.lines and all(y > 0 for ln in ax.lines for y in ln.get_ydata()):
-                ax.set_yscale('log')
             ax.set_title(f'{name}: {title}' if r == 0 else title, fontsize=9)
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
@@ -128,19 +152,11 @@ def main(argv=None):
                 ax.text(0.5, 0.5, 'no cos.* logged (one task?)', ha='center', va='center',
                         transform=ax.transAxes, fontsize=8)
         ax_heat.set_xlabel('iteration', fontsize=8)
-    for r in range(len(TASK_ROWS) + 1):  # one y range per row: the runs compare at a glance
-        ys = [ax.get_ylim() for ax in axes[r] if ax.lines]
-        logs = [ax.get_yscale() == 'log' for ax in axes[r] if ax.lines]
-        if ys:
-            lo, hi = min(y[0] for y in ys), max(y[1] for y in ys)
-            for ax in axes[r]:
-                if ax.lines:
-                    if all(logs):
-                        ax.set_yscale('log')
-                    ax.set_ylim(lo, hi)
+    for r in range(len(TASK_ROWS)):  # one y range per row: the runs compare at a glance
+        share_row_range(axes[r], log=TASK_ROWS[r][2])
     handles = [plt.Line2D([], [], color=colour[t], lw=2) for t in tasks]
     fig.legend(handles, tasks, loc='upper right', fontsize=8, ncol=len(tasks), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.tight_layout(rect=(0, 0, 0.975, 0.98))
     if heat is not None:
         fig.colorbar(heat, ax=list(axes[-1]), fraction=0.02, pad=0.01).ax.tick_params(labelsize=7)
     os.makedirs(args.out, exist_ok=True)
