@@ -134,6 +134,11 @@ class AllInOneInferencer(BaseInferencer):
         self.tasks = tasks
         cfg = copy.deepcopy(cfg)
         cfg.model.tasks = {t: (v if t in tasks else None) for t, v in cfg.model.tasks.items()}
+        if len(tasks) < len(tasks_cfg):  # settings sized or keyed by the full task list
+            if cfg.model.get('task_loss_weights'):
+                cfg.model.task_loss_weights = {t: w for t, w in cfg.model.task_loss_weights.items() if t in tasks}
+            if cfg.model.get('grad_split'):  # training-only routing: no weights, inference is the plain network
+                cfg.model.grad_split = None
         model = MODELS.build(cfg.model)
         dropped = [t for t in tasks_cfg if t not in tasks]
         state = OrderedDict((k, v) for k, v in state.items()
