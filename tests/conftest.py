@@ -99,3 +99,45 @@ def challenge_tree(tmp_path_factory):
     ``make_challenge_tree`` for that)."""
     from challenge_tree import make_challenge_tree
     return make_challenge_tree(str(tmp_path_factory.mktemp('challenge_tree')))
+
+
+@pytest.fixture(scope='session')
+def demo_small_config(demo_data, tmp_path_factory):
+    """A child config of ``configs/allinone_demo.py`` on the small demo data: 4 iterations (batch 2),
+    validation and a checkpoint at 4, a log row per iteration, test batches of one image, every
+    detection kept at test time."""
+    data = demo_data.rstrip('/')
+    loaders = ', '.join(f'{task}=dict(batch_size={{batch}}, dataset=dict(data_root={data + "/" + sub + "/"!r}))'
+                        for task, sub in (('det', 'dec'), ('seg', 'seg'), ('cls', 'cls')))
+    config = tmp_path_factory.mktemp('demo_small') / 'demo_small.py'
+    config.write_text('\n'.join([
+        f'_base_ = [{DEMO_CFG!r}]',
+        'train_dataloader = dict(' + loaders.format(batch=2) + ')',
+        # one image per test batch, as the inferencer runs: the same computation, the same numbers
+        'val_dataloader = dict(' + loaders.format(batch=1) + ')',
+        'test_dataloader = val_dataloader',
+        f'val_evaluator = dict(det=dict(ann_file={data + "/dec/val.json"!r}))',
+        'test_evaluator = val_evaluator',
+        'train_cfg = dict(max_iters=4, val_interval=4)',
+        "param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]",
+        'default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=4))',
+        "visualizer = dict(vis_backends=[dict(type='LocalVisBackend')])",
+        '# 4 iterations leave every detection score low: keep them all (up to max_per_img) to compare',
+        'model = dict(tasks=dict(det=dict(test_cfg=dict(score_thr=0.0))))', '']))
+    return str(config)
+
+
+@pytest.fixture(scope='session')
+def trained_demo(demo_data, demo_small_config, tmp_path_factory):
+    """A small trained demo run, shared by the tests of the inference and visualisation tools:
+    ``demo_small_config`` trained through ``tools/train.py``. Gives ``config``, ``checkpoint``
+    (``iter_4.pth``), ``work_dir`` and ``data``."""
+    import subprocess
+    from types import SimpleNamespace
+    work_dir = tmp_path_factory.mktemp('trained_demo') / 'work'
+    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'train.py'), demo_small_config, '--work-dir',
+                           str(work_dir)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f'training the demo fixture failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
+    return SimpleNamespace(config=demo_small_config, checkpoint=str(work_dir / 'iter_4.pth'), work_dir=str(work_dir),
+                           data=demo_data)

@@ -133,7 +133,7 @@ def test_recon_search_runs_once_and_the_table_marks_unmeasured_loops(tmp_path, r
         speed = {m: dict(median_s=1.0, ratio_to_joint=1.1) for m in ['joint', 'vanilla', 'recon+pcgrad']}
         return dict(speed=speed, peak_tensor_mb={m: 90.0 for m in speed}, skipped={'fakeloop': 'own loop'})
 
-    monkeypatch.setattr(compare_methods.subprocess, 'call', fake_search)
+    monkeypatch.setattr(compare_methods, 'run_with_progress', lambda cmd, *args, **kwargs: fake_search(cmd))
     monkeypatch.setattr(bench_methods, 'measure', fake_measure)
     argv = ['--methods', 'vanilla', 'recon+pcgrad', 'fakeloop', '--max-iters', '500', '--out', str(out),
             '--bench-steps', '2']

@@ -63,7 +63,6 @@ SMALL_BUCKETS = 'tbgc'  # this arm all-reduces in 2 KB buckets (many per task, l
 
 # ---------------------------------------------------------------------------------------- tiny setup
 def _scope():
-    import projects.allinone  # noqa: F401
     from mmengine.registry import DefaultScope
     if DefaultScope.get_current_instance() is None:
         DefaultScope.get_instance('allinone-dist-tests', scope_name='mmdet')

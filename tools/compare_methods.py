@@ -21,11 +21,11 @@ interleaved steps, ratio to the vanilla step, profiler peak memory), and the too
 peak memory) and ``--out/curves.png`` (each task's validation score over training).
 """
 import argparse
-import glob
 import json
 import keyword
 import os
 import os.path as osp
+import re
 import statistics
 import subprocess
 import sys
@@ -84,6 +84,26 @@ def thread_env(threads):
     return env
 
 
+_ITER_LINE = re.compile(r'Iter\(train\) \[\s*(\d+)/(\d+)\]')
+
+
+def run_with_progress(cmd, log_path, env, desc, total):
+    """Run a training command with its output in ``log_path`` and a bar over its logged iterations."""
+    from projects.allinone.engine.hooks.progress_hook import progress_bar
+    bar = progress_bar(total, desc, 'iter', file=sys.stdout)
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=dict(env, PYTHONUNBUFFERED='1'))
+        for line in proc.stdout:
+            log.write(line)
+            m = _ITER_LINE.search(line)
+            if m and int(m.group(1)) > bar.n:
+                bar.update(int(m.group(1)) - bar.n)
+        rc = proc.wait()
+    bar.close()
+    return rc
+
+
 def recon_search(args, max_iters) -> str:
     """Recon's layer search on ``--config`` (a quarter of the run length) into ``OUT/recon_search``, once:
     an existing report is reused. Returns the report's path."""
@@ -97,10 +117,10 @@ def recon_search(args, max_iters) -> str:
            '--work-dir', work_dir]
     print(f'[recon search] {iters} iterations: {" ".join(cmd)}', flush=True)
     t0 = time.time()
-    with open(osp.join(args.out, 'recon_search.log'), 'w') as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(args.threads))
+    log = osp.join(args.out, 'recon_search.log')
+    rc = run_with_progress(cmd, log, thread_env(args.threads), '[recon search]', iters)
     if rc != 0 or not osp.exists(report):
-        raise RuntimeError(f'[recon search] failed (exit {rc}, report {report} missing); see {log.name}')
+        raise RuntimeError(f'[recon search] failed (exit {rc}, report {report} missing); see {log}')
     print(f'[recon search] done in {time.time() - t0:.0f} s: {report}', flush=True)
     return report
 
@@ -112,10 +132,12 @@ def train(method, args, run_dir):
     cmd = [sys.executable, osp.join(REPO, 'tools', 'train.py'), cfg_path, '--work-dir', run_dir]
     print(f'[{method}] training: {" ".join(cmd)}', flush=True)
     t0 = time.time()
-    with open(osp.join(args.out, f"{method.replace('+', '_')}.log"), 'w') as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(args.threads))
+    log = osp.join(args.out, f"{method.replace('+', '_')}.log")
+    from mmengine.config import Config
+    total = args.max_iters or Config.fromfile(cfg_path).train_cfg.max_iters
+    rc = run_with_progress(cmd, log, thread_env(args.threads), f'[{method}]', total)
     if rc != 0:
-        raise RuntimeError(f'[{method}] training failed (exit {rc}); see {log.name}')
+        raise RuntimeError(f'[{method}] training failed (exit {rc}); see {log}')
     print(f'[{method}] done in {time.time() - t0:.0f} s', flush=True)
 
 
@@ -136,12 +158,11 @@ def read_run(run_dir):
     if osp.exists(hist):
         with open(hist) as f:
             history = [h for h in json.load(f) if h.get('mode') == 'val']
-    times = []
-    files = sorted(glob.glob(osp.join(run_dir, '*', 'vis_data', 'scalars.json')), key=osp.getmtime)
-    if files:
-        with open(files[-1]) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        times = [r['time'] for r in rows if 'time' in r and 'loss' in r]
+    from projects.allinone.visualization.scalar_logs import load_scalar_logs
+    try:  # every segment of a resumed run
+        times = [r['time'] for r in load_scalar_logs(run_dir)[0] if 'time' in r]
+    except FileNotFoundError:
+        times = []
     half = times[len(times) // 2:]
     return board, history, (statistics.median(half) if half else float('nan'))
 

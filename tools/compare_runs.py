@@ -5,30 +5,26 @@
         [--out work_dirs/compare]
 
 Reads each run's ``leaderboard.json`` and the scalars the LocalVisBackend logged
-(``*/vis_data/scalars.json``), prints two Markdown tables (scores; per-task backbone gradient norm
-before and as aggregated, averaged over the second half of training, with the max/min ratio across
-tasks) and writes them with a plot of the aggregated per-task norms to ``--out``.
+(``*/vis_data/scalars.json``; every segment of a resumed run), prints two Markdown tables (the
+scores of every task and of every board the config defines; per-task backbone gradient norm before
+and as aggregated, averaged over the second half of training, with the max/min ratio across tasks)
+and writes them with a plot of the aggregated per-task norms to ``--out``.
 """
 import argparse
-import glob
 import json
 import os
 import os.path as osp
 import statistics
 import sys
 
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from projects.allinone.visualization.scalar_logs import load_scalar_logs  # noqa: E402
+
 
 def load_scalars(run):
-    files = sorted(glob.glob(osp.join(run, '*', 'vis_data', 'scalars.json')), key=osp.getmtime)
-    if not files:
-        raise FileNotFoundError(f'{run}: no */vis_data/scalars.json (was the run made with LocalVisBackend?)')
-    rows = []
-    with open(files[-1]) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rows.append(json.loads(line))
-    return [r for r in rows if 'loss' in r and 'step' in r]
+    """Training rows of every segment of the run (a resumed run has one scalars.json per start)."""
+    return load_scalar_logs(run)[0]
 
 
 def load_board(run):
@@ -37,6 +33,23 @@ def load_board(run):
         raise FileNotFoundError(f'{path} not found: run the training (with validation) first')
     with open(path) as f:
         return json.load(f)
+
+
+def tasks_and_boards(board):
+    """Split the ``leaderboard/*`` scores of a leaderboard.json into tasks and boards.
+
+    A task has metrics of its own (``{task}/<metric>``); every other score is a board (a mean over
+    tasks, as the config's ``leaderboard.boards`` defines: A, B, ...)."""
+    names = [k[len('leaderboard/'):] for k in board if k.startswith('leaderboard/')]
+    tasks = [n for n in names if any(k.startswith(n + '/') for k in board if not k.startswith('leaderboard/'))]
+    return tasks, [n for n in names if n not in tasks]
+
+
+def _union(lists):
+    out = []
+    for names in lists:
+        out += [n for n in names if n not in out]
+    return out
 
 
 def main(argv=None):
@@ -50,20 +63,24 @@ def main(argv=None):
         p.error('--names needs one name per run')
     boards = [load_board(r) for r in args.runs]
     scalars = [load_scalars(r) for r in args.runs]
-    tasks = [k[len('leaderboard/'):] for k in boards[0] if k.startswith('leaderboard/')
-             and f"{k[len('leaderboard/'):]}.grad_norm" in scalars[0][-1]]
-    lines = ['| run | ' + ' | '.join(tasks) + ' | leaderboard A |', '|---' * (len(tasks) + 2) + '|']
+    split = [tasks_and_boards(b) for b in boards]
+    tasks, board_names = _union(s[0] for s in split), _union(s[1] for s in split)
+    fmt = lambda b, k: f"{b[k]:.4f}" if k in b else '-'  # noqa: E731
+    lines = ['| run | ' + ' | '.join(tasks + [f'leaderboard {b}' for b in board_names]) + ' |',
+             '|---' * (len(tasks) + len(board_names) + 1) + '|']
     for n, b in zip(names, boards):
-        lines.append(f'| {n} | ' + ' | '.join(f"{b[f'leaderboard/{t}']:.4f}" for t in tasks)
-                     + f" | {b['leaderboard/A']:.4f} |")
+        lines.append(f'| {n} | ' + ' | '.join(fmt(b, f'leaderboard/{t}') for t in tasks + board_names) + ' |')
+    tasks = [t for t in tasks if any(f'{t}.grad_norm' in r for rows in scalars for r in rows)]
     lines += ['', '| run | quantity | ' + ' | '.join(tasks) + ' | max/min |', '|---' * (len(tasks) + 3) + '|']
     series = {}
     for n, rows in zip(names, scalars):
         half = rows[len(rows) // 2:]
         for key, label in (('grad_norm', 'backbone grad norm (raw)'), ('grad_norm_agg', 'as aggregated')):
-            vals = [statistics.mean(r[f'{t}.{key}'] for r in half if f'{t}.{key}' in r) for t in tasks]
-            lines.append(f'| {n} | {label} | ' + ' | '.join(f'{v:.4g}' for v in vals)
-                         + f' | {max(vals) / max(min(vals), 1e-12):.1f} |')
+            vals = [[r[f'{t}.{key}'] for r in half if f'{t}.{key}' in r] for t in tasks]
+            vals = [statistics.mean(v) if v else float('nan') for v in vals]
+            known = [v for v in vals if v == v]
+            ratio = f'{max(known) / max(min(known), 1e-12):.1f}' if known else '-'
+            lines.append(f'| {n} | {label} | ' + ' | '.join(f'{v:.4g}' for v in vals) + f' | {ratio} |')
         series[n] = {t: ([r['step'] for r in rows if f'{t}.grad_norm_agg' in r],
                          [r[f'{t}.grad_norm_agg'] for r in rows if f'{t}.grad_norm_agg' in r]) for t in tasks}
     text = '\n'.join(lines)

@@ -108,6 +108,7 @@ def main(argv=None):
     hooks.append(dict(type='ReconSearchHook', out_dir=out, bin_width=args.bin_width,
                       threshold=0.0 if args.threshold is None else args.threshold,
                       score=args.score or 'raw', top=args.top))
+    hooks.append(dict(type='ProgressBarHook'))  # a bar over the search's iterations
     cfg.custom_hooks = hooks
     setup_distributed(cfg)
     check_data(cfg, 'train')

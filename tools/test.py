@@ -2,7 +2,8 @@
 """Evaluate an AllInOne checkpoint on every task and print the leaderboard table.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--data-root DIR] [--submit OUT.json]
-        [--images TASK=DIR ...] [--image-list TASK=FILE ...] [--tta] [--cfg-options k=v ...]
+        [--images TASK=DIR ...] [--image-list TASK=FILE ...] [--tta] [--show-dir DIR [--show-num N]]
+        [--cfg-options k=v ...]
 
 With ``--images`` a task predicts on an unlabeled image folder (the challenge's test split) instead
 of its labeled test set: nothing is scored for it, its predictions go to the ``--submit`` file.
@@ -33,6 +34,10 @@ def parse_args(argv=None):
     parser.add_argument('--tta', action='store_true',
                         help="test-time augmentation: each task's tta_pipeline views merged by its library's TTA "
                         'model (config keys tta_model, tta_pipeline); scores and --submit use the merged result')
+    parser.add_argument('--show-dir', metavar='DIR', help='pictures of the predictions beside the ground truth, '
+                        "DIR/<task>/<image>.png, each task drawn by its library's visualiser")
+    parser.add_argument('--show-num', type=int, default=20, metavar='N',
+                        help='at most N pictures per task (default 20)')
     return parser.parse_args(argv)
 
 
@@ -65,6 +70,7 @@ def main(argv=None):
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     submit = osp.abspath(args.submit) if args.submit else None
+    show_dir = osp.abspath(args.show_dir) if args.show_dir else None
     images, lists = _task_paths(args.images, '--images'), _task_paths(args.image_list, '--image-list')
     cfg = load_config(args)
 
@@ -90,6 +96,12 @@ def main(argv=None):
     if args.submit:
         cfg.test_cfg.setdefault('submission', {})
         cfg.test_cfg.submission.out = submit
+    # a progress bar over every task's batches (the test and the submission export); --show-dir pictures
+    hooks = [dict(type='ProgressBarHook')]
+    if show_dir:
+        hooks.append(dict(type='MultiTaskVisualizationHook', draw=True, test_out_dir=show_dir,
+                          max_per_task=args.show_num))
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + hooks
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     del runner

@@ -29,7 +29,8 @@ default_hooks = dict(
 # the MultiBranchAugment schedules of the train pipelines, and the share of samples per branch in the log
 custom_hooks = [dict(type='RandomStateHook'), dict(type='AugBranchHook')]
 
-log_processor = dict(type='LogProcessor', window_size=50, by_epoch=False)
+# mmengine's LogProcessor, with evaluation headers that name each task's loader
+log_processor = dict(type='MultiTaskLogProcessor', window_size=50, by_epoch=False)
 vis_backends = [dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
 log_level = 'INFO'

@@ -229,6 +229,7 @@ class _MultiTaskEvalLoop(BaseLoop):
             ev.dataset_meta = getattr(loader.dataset, 'metainfo', None)
             self.evaluators[task] = ev
         self.dataloader = next(iter(self.dataloaders.values()))
+        self.current_task = None  # the task whose loader runs (hooks and the log processor read it)
         self.fp16 = fp16
         scored = [t for t, ev in self.evaluators.items() if ev is not None]
         self.leaderboard = self._build_leaderboard(scored, dict(leaderboard or {})) if scored else None
@@ -257,7 +258,7 @@ class _MultiTaskEvalLoop(BaseLoop):
         metrics = OrderedDict()
         self._builder = SubmissionBuilder(self.submission.get('keys')) if self.submission else None
         for task, loader in self.dataloaders.items():
-            self.dataloader = loader  # progress in the log is per task
+            self.dataloader, self.current_task = loader, task  # progress in the log is per task
             evaluator = self.evaluators[task]
             for idx, batch in enumerate(loader):
                 self.run_iter(task, idx, batch)
@@ -267,6 +268,7 @@ class _MultiTaskEvalLoop(BaseLoop):
                 continue
             for k, v in evaluator.evaluate(len(loader.dataset)).items():
                 metrics[f'{task}/{k}'] = v
+        self.current_task = None
         if self.leaderboard is not None:
             metrics.update(self.leaderboard.score(metrics))
         if self._builder is not None:  # data parallel: every rank's predictions, each image once
