@@ -265,7 +265,7 @@ def compare_seeds(args):
         mt.write_summary(mt.summary_path(args.results, m, s), summary)
         summaries[(m, s)] = summary
 
-    deadline = time.time() + 60 * args.stop_after if args.stop_after else None
+    deadline = time.time() + 60 * args.stop_after if args.stop_after is not None else None
     failed, skipped = [], []
 
     def one(i, m, s, cfg_path, run_dir):
@@ -285,7 +285,7 @@ def compare_seeds(args):
         if mine and finished(run_dir, fingerprints[m][1]['max_iters']):
             print(f'{label} summarising the finished run in {run_dir}', flush=True)
             return summarise(m, s, run_dir)
-        if args.no_train or (deadline and time.time() > deadline):
+        if args.no_train or (deadline is not None and time.time() > deadline):
             skipped.append((m, s))
             return
         if osp.isdir(run_dir):  # unfinished or of another config: its history would mix into the new one

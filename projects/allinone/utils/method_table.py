@@ -144,6 +144,7 @@ def fmt_mean_std(values: Sequence[float], digits: int = 4, signed: bool = False)
     if not values:
         return '—'
     m, s = mean_std(values)
+    m = 0.0 if round(m, digits) == 0 else m  # no '-0.00'
     text = f'{m:+.{digits}f}' if signed else f'{m:.{digits}f}'
     return text if s is None else f'{text} ± {s:.{digits}f}'
 
@@ -267,7 +268,7 @@ def plot_bands(summaries: Dict[Tuple[str, int], dict], methods: Sequence[str], s
         if not runs:
             continue
         for ax, t in zip(axes[0], panels):
-            if is_single(m) and t not in (single_task(m), ):
+            if is_single(m) and t != single_task(m):
                 continue
             iters = sorted(set.intersection(*[{c['iter'] for c in r['curve'] if c.get(t) is not None} for r in runs]))
             if not iters:
@@ -286,7 +287,11 @@ def plot_bands(summaries: Dict[Tuple[str, int], dict], methods: Sequence[str], s
         ax.set_xlabel('iteration')
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel('validation score (mean ± std over seeds)')
-    handles, labels = axes[0][-1].get_legend_handles_labels()
+    legend = {}  # every method once, the single-task ones from their own task's panel
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, h)
+    handles, labels = list(legend.values()), list(legend)
     fig.legend(handles, labels, fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5), title='method (seeds)')
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches='tight')
