@@ -26,6 +26,7 @@ import keyword
 import os
 import os.path as osp
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,19 +50,32 @@ def _py(obj) -> str:
     return repr(obj)
 
 
-def child_config(base: str, method: str, path: str, max_iters=None, val_points=4, **context) -> None:
+def child_config(base: str, method: str, path: str, max_iters=None, val_points=4, seed=None, **context) -> None:
     """A config that differs from ``base`` in the method only (and, with ``max_iters``, in a
-    schedule shrunk in proportion: every iteration-based scheduler boundary scales with it).
+    schedule shrunk in proportion: every iteration-based scheduler boundary scales with it; with
+    ``seed``, in ``randomness.seed``).
 
     The method's overrides (``method_config_overrides(method, **context)``: the aggregator, and a
     model-side method's ``model`` / ``train_cfg`` / ... keys) and the schedule's are merged first, so
-    each top-level key is written once and inherits from ``base`` key by key."""
+    each top-level key is written once and inherits from ``base`` key by key. ``single:<task>`` is the
+    single-task baseline: the vanilla method with every other task dropped (``task=None`` in
+    ``model.tasks`` and in each loader and evaluator dict)."""
     from mmengine.config import Config
 
     from projects.allinone.engine.aggregators import method_config_overrides
     from projects.allinone.engine.aggregators.presets import merge_overrides
+    from projects.allinone.utils.method_table import SINGLE, is_single
     from projects.allinone.utils.schedule import scale_schedulers
-    over = method_config_overrides(method, **context)
+    over = method_config_overrides('vanilla' if is_single(method) else method, **context)
+    if is_single(method):
+        tasks = list(Config.fromfile(base).model.tasks)
+        if method[len(SINGLE):] not in tasks:
+            raise KeyError(f'{method}: no task {method[len(SINGLE):]!r} in {base} (tasks: {tasks})')
+        drop = {t: None for t in tasks if t != method[len(SINGLE):]}
+        over.update(model=dict(tasks=drop), **{k: dict(drop) for k in (
+            'train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator', 'test_evaluator')})
+    if seed is not None:
+        over['randomness'] = dict(seed=int(seed))
     over['optim_wrapper']['aggregator'] = dict(_delete_=True, **over['optim_wrapper']['aggregator'])
     if max_iters:
         cfg = Config.fromfile(base)
@@ -114,7 +128,7 @@ def recon_search(args, max_iters) -> str:
         return report
     iters = max(1, max_iters // 4)
     cmd = [sys.executable, osp.join(REPO, 'tools', 'recon_search.py'), args.config, '--iters', str(iters),
-           '--work-dir', work_dir]
+           '--work-dir', work_dir] + (['--data-root', args.data_root] if getattr(args, 'data_root', None) else [])
     print(f'[recon search] {iters} iterations: {" ".join(cmd)}', flush=True)
     t0 = time.time()
     log = osp.join(args.out, 'recon_search.log')
@@ -189,6 +203,184 @@ def plot(results, tasks, path):
     fig.savefig(path, dpi=120)
 
 
+def run_fingerprint(cfg_path, data_root=None):
+    """``(fingerprint, schedule)`` of a child config as ``tools/train.py [--data-root]`` will train it."""
+    from mmengine.config import Config
+
+    from projects.allinone.utils.data_root import set_data_root
+    from projects.allinone.utils.method_table import config_fingerprint
+    cfg = Config.fromfile(cfg_path)
+    if data_root:
+        set_data_root(cfg, data_root)
+    meta_path = osp.join(REPO, cfg.get('data_root') or '', 'meta.json')  # the demo generator's record
+    meta = None
+    if osp.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+    train_cfg = cfg.train_cfg
+    schedule = dict(max_iters=train_cfg.max_iters, val_interval=train_cfg.get('val_interval'),
+                    loop=train_cfg.get('type'), data_root=osp.relpath(osp.join(REPO, cfg.get('data_root') or ''), REPO),
+                    data_counts=(meta or {}).get('counts'),
+                    param_scheduler=[{k: v for k, v in p.items()} for p in (cfg.get('param_scheduler') or [])])
+    return config_fingerprint(cfg.to_dict(), REPO, meta), schedule
+
+
+def compare_seeds(args):
+    """``--seeds``: every (method, seed) trained once and summarised into ``--results`` (reused when there,
+    refused when trained with another config), then the table with Δm% against ``single:<task>``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmengine.config import Config
+
+    from projects.allinone.engine.aggregators import changes_train_loop, method_config_overrides, method_context_keys
+    from projects.allinone.utils import method_table as mt
+    base = Config.fromfile(args.config)
+    tasks = [t for t, v in base.model.tasks.items() if v is not None]
+    methods = list(dict.fromkeys(args.methods + ([mt.SINGLE + t for t in tasks] if args.single_task else [])))
+    for m in methods:  # fail on a typo before hours of training
+        if mt.is_single(m) and m[len(mt.SINGLE):] not in tasks:
+            raise KeyError(f'{m}: the config has no task {m[len(mt.SINGLE):]!r} (tasks: {tasks})')
+        if not mt.is_single(m):
+            method_config_overrides(m)
+    args.results = osp.abspath(args.results)
+    args.data_root = osp.abspath(args.data_root) if args.data_root else None
+    max_iters = args.max_iters or base.train_cfg.max_iters
+    if not args.recon_report and any('recon_report' in method_context_keys(m) for m in methods if not mt.is_single(m)):
+        args.recon_report = (osp.join(args.out, 'recon_search', 'recon_search', 'recon_report.json') if args.no_train
+                             else recon_search(args, max_iters))
+    runs, fingerprints = [], {}
+    for s in args.seeds:  # seed by seed: an interrupted table has every method at the first seeds
+        for m in methods:
+            cfg_path = osp.join(args.out, 'configs', f'{mt.slug(m)}_s{s}.py')
+            os.makedirs(osp.dirname(cfg_path), exist_ok=True)
+            child_config(args.config, m, cfg_path, args.max_iters, args.val_points, seed=s,
+                         recon_report=args.recon_report)
+            if m not in fingerprints:  # the seed is not part of it
+                fingerprints[m] = run_fingerprint(cfg_path, args.data_root)
+            runs.append((m, s, cfg_path, osp.join(args.out, mt.slug(m), f'seed{s}')))
+
+    summaries, refused, todo = {}, [], []
+    for m, s, cfg_path, run_dir in runs:
+        path = mt.summary_path(args.results, m, s)
+        old = mt.load_summary(path)
+        if old is None:
+            todo.append((m, s, cfg_path, run_dir))
+            continue
+        try:
+            mt.check_summary(old, fingerprints[m][0], osp.relpath(path, REPO))
+            summaries[(m, s)] = old
+        except mt.ScheduleMismatch as e:
+            refused.append(str(e))
+    if refused:
+        raise mt.ScheduleMismatch('\n'.join(refused))
+    print(f'{len(summaries)} of {len(runs)} runs summarised in {osp.relpath(args.results, REPO)}; '
+          f'{len(todo)} to do', flush=True)
+
+    def summarise(m, s, run_dir, t0=None):
+        _, history, spi = read_run(run_dir)
+        fp, schedule = fingerprints[m]
+        summary = mt.run_summary(m, s, [m[len(mt.SINGLE):]] if mt.is_single(m) else tasks, history, spi, fp,
+                                 schedule, config=osp.relpath(args.config, REPO), threads=args.threads,
+                                 finished=time.strftime('%Y-%m-%d %H:%M'),
+                                 wall_s=None if t0 is None else round(time.time() - t0))
+        mt.write_summary(mt.summary_path(args.results, m, s), summary)
+        summaries[(m, s)] = summary
+
+    deadline = time.time() + 60 * args.stop_after if args.stop_after is not None else None
+    failed, skipped = [], []
+
+    def one(i, m, s, cfg_path, run_dir):
+        try:
+            train_one(i, m, s, cfg_path, run_dir)
+        except Exception as e:  # one broken method does not stop the others' runs
+            failed.append(f'{m} seed {s} ({type(e).__name__}: {e})')
+            print(f'[{m} seed {s}] FAILED: {type(e).__name__}: {e}', flush=True)
+
+    def train_one(i, m, s, cfg_path, run_dir):
+        marker = osp.join(run_dir, 'compare_run.json')
+        mine = False
+        if osp.exists(marker):
+            with open(marker) as f:
+                mine = json.load(f).get('hash') == fingerprints[m][0]['hash']
+        label = f'[{m} seed {s}] ({i + 1}/{len(todo)})'
+        if mine and finished(run_dir, fingerprints[m][1]['max_iters']):
+            print(f'{label} summarising the finished run in {run_dir}', flush=True)
+            return summarise(m, s, run_dir)
+        if args.no_train or (deadline is not None and time.time() > deadline):
+            skipped.append((m, s))
+            return
+        if osp.isdir(run_dir):  # unfinished or of another config: its history would mix into the new one
+            print(f'{label} removing the unfinished or outdated run in {run_dir}', flush=True)
+            shutil.rmtree(run_dir)
+        os.makedirs(run_dir)
+        with open(marker, 'w') as f:
+            json.dump(dict(method=m, seed=s, hash=fingerprints[m][0]['hash']), f)
+        cmd = [sys.executable, osp.join(REPO, 'tools', 'train.py'), cfg_path, '--work-dir', run_dir]
+        cmd += ['--data-root', args.data_root] if args.data_root else []
+        log = osp.join(args.out, 'logs', f'{mt.slug(m)}_s{s}.log')
+        os.makedirs(osp.dirname(log), exist_ok=True)
+        print(f'{label} training: {" ".join(cmd)}', flush=True)
+        t0 = time.time()
+        with open(log, 'w') as f:
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=thread_env(args.threads))
+        if rc != 0 or not finished(run_dir, fingerprints[m][1]['max_iters']):
+            failed.append(f'{m} seed {s} (exit {rc}; see {log})')
+            print(f'{label} FAILED (exit {rc}); see {log}', flush=True)
+            return
+        summarise(m, s, run_dir, t0)
+        print(f'{label} done in {time.time() - t0:.0f} s: {mt.summary_path(args.results, m, s)}', flush=True)
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        for future in [pool.submit(one, i, *run) for i, run in enumerate(todo)]:
+            future.result()
+
+    cost_path = osp.join(args.results, 'cost.json')
+    cost = {}
+    if osp.exists(cost_path):
+        with open(cost_path) as f:
+            cost = json.load(f)
+    need = [m for m in methods if not mt.is_single(m) and not changes_train_loop(m) and m not in cost]
+    if args.bench_steps and need and not args.no_train:
+        from bench_methods import measure
+        arms = list(dict.fromkeys(['vanilla'] + need))
+        print(f'measuring the step cost of {len(arms)} methods ({args.bench_steps} interleaved steps)...', flush=True)
+        res = measure(arms, args.data_root or args.data, steps=args.bench_steps, threads=args.threads or 2,
+                      context=dict(recon_report=args.recon_report))
+        ref = res['speed']['vanilla']['ratio_to_joint']
+        for m in arms:
+            if m in res['speed'] and (m not in cost or m in need):
+                cost[m] = dict(ratio_to_vanilla=round(res['speed'][m]['ratio_to_joint'] / ref, 4),
+                               peak_tensor_mb=res['peak_tensor_mb'].get(m), steps=args.bench_steps,
+                               measured_with=arms, date=time.strftime('%Y-%m-%d'), machine=res.get('machine'))
+        os.makedirs(args.results, exist_ok=True)
+        with open(cost_path, 'w') as f:
+            json.dump(cost, f, indent=1)
+
+    comp = mt.compare(summaries, methods, args.seeds, tasks)
+    schedule = next(iter(fingerprints.values()))[1]
+    counts = ', '.join(f'{t} {a}/{b}' for t, (a, b) in (schedule['data_counts'] or {}).items())
+    note = (f"(config {osp.relpath(args.config, REPO)}, {schedule['max_iters']} iterations, validation every "
+            f"{schedule['val_interval']}, data {schedule['data_root']}"
+            f"{f' ({counts} train/val images)' if counts else ''}, seeds "
+            f"{' '.join(map(str, args.seeds))}, {args.threads or 'default'} thread(s) per run; scores: last "
+            'validation; step cost: benchmarks/bench_methods.py, interleaved, ratio to the vanilla step of the same '
+            'measurement; methods with their own training loop have none)')
+    text = mt.table_markdown(comp, cost) + '\n' + note + '\n'
+    os.makedirs(args.results, exist_ok=True)
+    with open(osp.join(args.results, 'comparison.md'), 'w') as f:
+        f.write(text)
+    with open(osp.join(args.results, 'comparison.json'), 'w') as f:
+        json.dump(comp, f, indent=1)
+    mt.plot_bands(summaries, methods, args.seeds, tasks, osp.join(args.results, 'curves.png'))
+    print(text)
+    if skipped:
+        print(f"not trained ({'--no-train' if args.no_train else '--stop-after reached'}): "
+              f"{', '.join(f'{m} seed {s}' for m, s in skipped)}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed: {'; '.join(failed)}")
+    return comp
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--methods', nargs='+', required=True)
@@ -201,12 +393,24 @@ def main(argv=None):
     p.add_argument('--data', default=osp.join(REPO, 'data', 'demo'), help='demo data for the cost benchmark')
     p.add_argument('--recon-report', help='Recon search report for the recon methods (default: search once into '
                    'OUT/recon_search, a quarter of the run length)')
+    seeds = p.add_argument_group('several seeds (all of these need --seeds)')
+    seeds.add_argument('--seeds', type=int, nargs='+', help='train every method once per seed (randomness.seed)')
+    seeds.add_argument('--single-task', action='store_true',
+                       help='add the single-task baselines single:<task> of every task of the config')
+    seeds.add_argument('--jobs', type=int, default=1, help='training runs at a time, one process each')
+    seeds.add_argument('--results', default=osp.join(REPO, 'benchmarks', 'results', 'methods_seeds'),
+                       help='one JSON summary per (method, seed): reused, and refused if trained with another config')
+    seeds.add_argument('--data-root', help="train on this data root instead of the config's (tools/train.py --data-root)")
+    seeds.add_argument('--stop-after', type=float, metavar='MIN', help='start no new run after MIN minutes')
+    seeds.add_argument('--no-train', action='store_true', help='only tabulate the summaries there are')
     args = p.parse_args(argv)
     args.out = osp.abspath(args.out)
     args.config = osp.abspath(args.config)
     if args.recon_report:
         args.recon_report = osp.abspath(args.recon_report)
     os.makedirs(args.out, exist_ok=True)
+    if args.seeds:
+        return compare_seeds(args)
 
     from projects.allinone.engine.aggregators import changes_train_loop, method_config_overrides, method_context_keys
     for m in args.methods:  # fail on a typo before hours of training
