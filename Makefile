@@ -6,7 +6,7 @@ DEMO_DATA ?= data/demo
 DEMO_WORK ?= work_dirs/allinone_demo
 PYTEST_ARGS ?=
 
-.PHONY: install data demo finetune-demo compare-tbgc bench test test-fast clean
+.PHONY: install data demo finetune-demo compare-tbgc bench lint test test-fast clean
 
 install:
 	@PYTHON=$(PY) tools/install_env.sh $(VENV)
@@ -40,7 +40,11 @@ compare-tbgc: data
 bench: data
 	$(PYTHON) benchmarks/bench_tbgc.py
 
-test: install
+# ruff with pyproject.toml's settings (pyflakes + pycodestyle, 120 columns); part of `make test`
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 # the fast unit tests only (no end-to-end training runs)

@@ -88,7 +88,6 @@ def make_track1_tree(root: str, n: int = 16, det_size=(2048, 2048), seg_size=(12
 def mixing_branches(loader_cfg: dict):
     """``(MultiBranchAugment config, name of its mixing branch)`` of a loader config's pipeline, or None."""
     from mmengine.registry import TRANSFORMS
-    from projects.allinone.datasets.transforms.multi_branch import takes_dataset_images
     for t in loader_cfg['dataset']['pipeline']:
         if t.get('type') != 'MultiBranchAugment':
             continue
@@ -179,7 +178,8 @@ def main(argv=None):
     for task, arms in results.items():
         med = {arm: statistics.median(v) for arm, v in arms.items()}
         base = med.get('no_mix', med['config'])
-        summary[task] = {arm: dict(images_per_s=round(m, 2), vs_no_mix=round(m / base, 3), runs=[round(x, 2) for x in arms[arm]])
+        summary[task] = {arm: dict(images_per_s=round(m, 2), vs_no_mix=round(m / base, 3),
+                                   runs=[round(x, 2) for x in arms[arm]])
                          for arm, m in med.items()}
     print('\n| task | arm | images/s (median) | / no_mix |\n| --- | --- | --- | --- |')
     for task, arms in summary.items():

@@ -26,7 +26,6 @@ allocator's fragmentation and cuDNN workspaces (commonly 10-30 % more), the data
 """
 import argparse
 import json
-import os
 import os.path as osp
 import resource
 import subprocess

@@ -19,7 +19,8 @@ class _BranchRecorder(Hook):
     seen = []
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        type(self).seen.append({t: [s.metainfo['aug_branch'] for s in b['data_samples']] for t, b in data_batch.items()})
+        type(self).seen.append({t: [s.metainfo['aug_branch'] for s in b['data_samples']]
+                                for t, b in data_batch.items()})
 
 
 def _schedule_cfg(cfg, at_iter, workers=0):
@@ -29,7 +30,8 @@ def _schedule_cfg(cfg, at_iter, workers=0):
     assert aug['names'] == ['mosaic', 'photometric', 'scale_crop']
     aug['probs'] = [1.0, 0.0, 0.0]
     aug['schedule'] = [dict(at_iter=at_iter, probs=dict(mosaic=0.0, photometric=1.0))]
-    cfg.custom_hooks = [dict(type='RandomStateHook'), dict(type='AugBranchHook', window=2), dict(type='_BranchRecorder')]
+    cfg.custom_hooks = [dict(type='RandomStateHook'), dict(type='AugBranchHook', window=2),
+                        dict(type='_BranchRecorder')]
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     for loader in cfg.train_dataloader.values():
         loader.num_workers = workers
@@ -155,7 +157,8 @@ def test_bad_schedules_are_named(registered):
             TRANSFORMS.build(dict(base, schedule=[entry]))
     from projects.allinone.engine.hooks import AugBranchHook
     aug = TRANSFORMS.build(dict(base, schedule=[dict(at_frac=0.5, probs=dict(a=0)), dict(at_iter=8, probs=dict(b=0))]))
-    with pytest.raises(ValueError, match=r"schedule entry \{'at_iter': 8.*would switch every branch of \['a', 'b'\] off"):
+    with pytest.raises(ValueError,
+                       match=r"schedule entry \{'at_iter': 8.*would switch every branch of \['a', 'b'\] off"):
         AugBranchHook().before_train(_stub_runner(SimpleNamespace(pipeline=SimpleNamespace(transforms=[aug]))))
 
 

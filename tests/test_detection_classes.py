@@ -201,7 +201,8 @@ def test_unlabeled_images_without_config_classes_use_the_same_labels(registered,
     from projects.allinone.datasets import UnlabeledImageDataset
     tree = challenge_tree
     ds = UnlabeledImageDataset(data_prefix=dict(img=tree.test_root + 'dec/test'),
-                               ann_file=tree.test_root + 'dec/test.json', categories_file=tree.train_root + 'dec/val.json')
+                               ann_file=tree.test_root + 'dec/test.json',
+                               categories_file=tree.train_root + 'dec/val.json')
     labeled = det_dataset(tree, split='val', metainfo=None)
     assert ds.metainfo['classes'] == labeled.metainfo['classes'] and ds.cat_ids == labeled.cat_ids
     named = UnlabeledImageDataset(data_prefix=dict(img=tree.test_root + 'dec/test'),

@@ -412,7 +412,8 @@ def competition_model_reduced():
     cfg = Config.fromfile(f'{REPO}/configs/allinone.py')
     cfg.merge_from_dict({
         'model.backbone.img_size': 64, 'model.backbone.out_indices': (0, 1, 2, 3), 'model.backbone.drop_path_rate': 0.0,
-        'model.backbone.arch': dict(_delete_=True, embed_dims=768, num_layers=4, num_heads=12, feedforward_channels=3072),
+        'model.backbone.arch': dict(_delete_=True, embed_dims=768, num_layers=4, num_heads=12,
+                                    feedforward_channels=3072),
         'model.tasks.det.num_queries': 20, 'model.tasks.det.encoder.num_layers': 1,
         'model.tasks.det.decoder.num_layers': 1, 'model.tasks.det.dn_cfg.group_cfg.num_dn_queries': 10,
         'model.tasks.seg.data_preprocessor.size': (64, 64),

@@ -49,8 +49,9 @@ def test_polygon_round_trip_is_nearly_lossless():
     for _ in range(20):
         m = np.zeros((96, 128), np.uint8)
         for _ in range(4):
-            cv2.ellipse(m, (int(rng.randint(128)), int(rng.randint(96))), (int(rng.randint(5, 30)), int(rng.randint(5, 20))),
-                        float(rng.randint(180)), 0, 360, 1, -1)
+            centre = (int(rng.randint(128)), int(rng.randint(96)))
+            axes = (int(rng.randint(5, 30)), int(rng.randint(5, 20)))
+            cv2.ellipse(m, centre, axes, float(rng.randint(180)), 0, 360, 1, -1)
         cv2.circle(m, (64, 48), 6, 0, -1)  # a hole where blobs overlap the centre
         back = polygons_to_mask(mask_to_polygons(m), 96, 128)
         inter, union = (m & back).sum(), (m | back).sum()

@@ -5,7 +5,8 @@ first block sets the walkthrough's variables; the test gives them its own values
 for ``DATA`` / ``TEST``, a temporary ``WORK``, ``GPUS=1``, for ``CONFIG`` the competition config
 with its model and input sizes made small (same datasets, loops, evaluators, boards, submission keys;
 a ViT-B + DINO build alone takes ~40 s here) and for ``TIMM`` a random timm ViT of the small shape.
-Training commands get ``--max-iters 1`` (a documented option). A block naming a tool or option that the checkout lacks fails, naming it.
+Training commands get ``--max-iters 1`` (a documented option). A block naming a tool or option that
+the checkout lacks fails, naming it.
 """
 import json
 import os

@@ -400,7 +400,8 @@ def main(argv=None):
     seeds.add_argument('--jobs', type=int, default=1, help='training runs at a time, one process each')
     seeds.add_argument('--results', default=osp.join(REPO, 'benchmarks', 'results', 'methods_seeds'),
                        help='one JSON summary per (method, seed): reused, and refused if trained with another config')
-    seeds.add_argument('--data-root', help="train on this data root instead of the config's (tools/train.py --data-root)")
+    seeds.add_argument('--data-root',
+                       help="train on this data root instead of the config's (tools/train.py --data-root)")
     seeds.add_argument('--stop-after', type=float, metavar='MIN', help='start no new run after MIN minutes')
     seeds.add_argument('--no-train', action='store_true', help='only tabulate the summaries there are')
     args = p.parse_args(argv)

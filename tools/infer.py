@@ -58,7 +58,8 @@ def main(argv=None) -> int:
         raise SystemExit(f'error: {e.args[0]}')
     results = inferencer(inputs, batch_size=args.batch_size, out_dir=args.out_dir, pred_score_thr=args.score_thr,
                          no_save_vis=args.no_vis)
-    written = osp.join(args.out_dir, 'predictions.json') + ('' if args.no_vis else f", {osp.join(args.out_dir, 'vis')}/")
+    vis = '' if args.no_vis else f", {osp.join(args.out_dir, 'vis')}/"
+    written = osp.join(args.out_dir, 'predictions.json') + vis
     print(f"{len(results['predictions'])} image(s), tasks {', '.join(inferencer.tasks)}: {written}")
     for err in results['errors']:
         print(f"error: {err['error']}", file=sys.stderr)

@@ -31,9 +31,10 @@ class UnlabeledImageDataset(BaseDataset):
             line (first column; a label column, if any, is ignored); ``*.json``: COCO-style, its
             ``images`` (``id``, ``file_name``) give the order and the ``image_id`` of detection
             results, its ``categories`` (if any) the category ids.
-        categories_file: path (not relative to ``data_root``) of a COCO json whose ``categories`` map the class names of ``metainfo`` to the
-            category ids the submission must use (detection; used when ``ann_file`` has no
-            categories of its own; with neither, ids are ``1..C`` in class order).
+        categories_file: path (not relative to ``data_root``) of a COCO json whose ``categories``
+            map the class names of ``metainfo`` to the category ids the submission must use
+            (detection; used when ``ann_file`` has no categories of its own; with neither, ids are
+            ``1..C`` in class order).
         suffixes: image suffixes taken from a folder.
 
     Images listed from a folder or a text file get ``img_id`` 1, 2, ... in list order.

@@ -216,8 +216,9 @@ class _MultiTaskEvalLoop(BaseLoop):
         if isinstance(evaluator, dict):  # drop the entries of tasks dropped with `task=None`
             evaluator = {t: v for t, v in evaluator.items() if t in self.dataloaders or v is not None}
         if not isinstance(evaluator, dict) or set(evaluator) != set(self.dataloaders):
+            got = list(evaluator) if isinstance(evaluator, dict) else repr(evaluator)
             raise ValueError(f'{self.mode}_evaluator must be a dict with one evaluator per task '
-                             f'{list(self.dataloaders)}, got {list(evaluator) if isinstance(evaluator, dict) else evaluator!r}')
+                             f'{list(self.dataloaders)}, got {got}')
         # a task whose evaluator is None is format-only (unlabeled test images): predicted and
         # exported with the submission, not scored
         self.evaluators = OrderedDict()

@@ -43,8 +43,8 @@ class ChallengeCocoMetric(CocoMetric):
 
     Args:
         per_class: also return ``bbox_AP50_per_class``, ``{class: AP at IoU 0.5}`` for every class of
-            the dataset (``nan`` for a class without boxes in the annotation file). Costs a second COCOeval pass at the one IoU
-            threshold.
+            the dataset (``nan`` for a class without boxes in the annotation file). Costs a second
+            COCOeval pass at the one IoU threshold.
         Others: as mmdet's ``CocoMetric``.
     """
 

@@ -3,8 +3,8 @@
 ``--cfg-options train_cfg.max_iters=N`` changes where training stops and nothing else: the
 52,500-iteration competition config stopped after 100 iterations is still in its 200-iteration
 warm-up, and after 5,000 its cosine has hardly decayed. :func:`scale_schedule` moves every
-iteration-based boundary of the parameter schedulers (``begin``, ``end``, ``milestones``, ``T_max``, ``step_size``, ``total_steps``)
-and the validation / checkpoint intervals by ``max_iters / train_cfg.max_iters``.
+iteration-based boundary of the parameter schedulers (``begin``, ``end``, ``milestones``, ``T_max``,
+``step_size``, ``total_steps``) and the validation / checkpoint intervals by ``max_iters / train_cfg.max_iters``.
 ``tools/train.py --max-iters`` and ``tools/compare_methods.py --max-iters`` both use it.
 """
 import copy

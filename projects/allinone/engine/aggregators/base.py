@@ -8,11 +8,12 @@ A method sees the per-task gradients of the *shared* parameters, never the model
 unscaled), ``losses`` and ``head_norms`` are ``(T,)`` (head_norms: the norm of each task's gradient
 on its own, non-shared parameters) and ``tasks`` names the task of each row. The rows are normally
 every bound task in bound order, but a task skipped for a non-finite gradient is missing from that
-step: stateful methods keep their state by task name and leave a missing task's state as it is. It returns :class:`AggregateResult`: the combined shared
-gradient, the effective weight of each task on it (for logs) and the factor applied to each task's
-own parameters. Methods that are linear with weights computable one task at a time
-(:class:`LinearAggregator`) also run in a streaming mode where the optim wrapper never holds the T
-gradients at once; both modes give the same result (tested).
+step: stateful methods keep their state by task name and leave a missing task's state as it is.
+It returns :class:`AggregateResult`: the combined shared gradient, the effective weight of each
+task on it (for logs) and the factor applied to each task's own parameters. Methods that are linear
+with weights computable one task at a time (:class:`LinearAggregator`) also run in a streaming mode
+where the optim wrapper never holds the T gradients at once; both modes give the same result
+(tested).
 """
 import math
 from dataclasses import dataclass

@@ -117,7 +117,8 @@ class AugBranchHook(Hook):
         for task, augs in self.augs.items():
             for aug in augs:
                 later = [f'{self._resolve(e, max_iters)}: {e["probs"]}' for e in aug.schedule]
-                print_log(f'aug branches of {task}: ' + ', '.join(f'{n} {p:.2f}' for n, p in aug.probs_by_name().items())
+                weights = ', '.join(f'{n} {p:.2f}' for n, p in aug.probs_by_name().items())
+                print_log(f'aug branches of {task}: {weights}'
                           + (f' (schedule, from iteration: {"; ".join(later)})' if later else ''), logger='current')
         # entries due at or before this iteration (the start, or the resume point): the state the
         # uninterrupted run had here
@@ -152,8 +153,8 @@ class AugBranchHook(Hook):
             new = aug.probs_by_name()
             self.applied.add((task, i, j))
             changed.add(task)
-            print_log(f'aug branches of {task} from iteration {max(it, runner.iter)} '
-                      f"({'at_iter' if 'at_iter' in entry else 'at_frac'}={entry.get('at_iter', entry.get('at_frac'))}): "
+            when = 'at_iter' if 'at_iter' in entry else 'at_frac'
+            print_log(f'aug branches of {task} from iteration {max(it, runner.iter)} ({when}={entry[when]}): '
                       + ', '.join(f'{n} {old[n]:.2f} -> {new[n]:.2f}' for n in new), logger='current')
         if restart:
             iterators = getattr(runner.train_loop, 'iterators', None) or {}
