@@ -67,9 +67,6 @@ def test_inferencer_equals_the_test_loop_and_the_hook_draws_every_task(registere
     cfg = Config.fromfile(trained_demo.config)
     cfg.work_dir = str(tmp_path / 'work')
     cfg.load_from = trained_demo.checkpoint
-    # a visualizer of its own: mmengine reuses an instance of the same name, made by an earlier runner
-    # of this process with that runner's save_dir
-    cfg.visualizer.name = f'visualizer_{tmp_path.name}'
     cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
         dict(type='MultiTaskVisualizationHook', draw=True, interval=5, test_out_dir=str(tmp_path / 'show'),
              max_per_task=2, min_size=128)]

@@ -32,7 +32,9 @@ custom_hooks = [dict(type='RandomStateHook'), dict(type='AugBranchHook')]
 # mmengine's LogProcessor, with evaluation headers that name each task's loader
 log_processor = dict(type='MultiTaskLogProcessor', window_size=50, by_epoch=False)
 vis_backends = [dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]
-visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
+# no fixed name: mmengine names it after the run, so a second Runner of the same process (a notebook, the
+# tests) gets its own visualizer and save_dir instead of the first one's instance
+visualizer = dict(type='Visualizer', vis_backends=vis_backends)
 log_level = 'INFO'
 load_from = None
 resume = False

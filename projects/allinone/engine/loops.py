@@ -9,16 +9,16 @@ from mmengine.runner import IterBasedTrainLoop
 from mmengine.runner.amp import autocast
 from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.utils import calc_dynamic_intervals
-from mmengine.model import is_model_wrapper
 
 from ..evaluation.leaderboard import Leaderboard
 from ..evaluation.submission import SubmissionBuilder
 from ..registry import LOOPS
 from .hooks.random_state_hook import preserved_rng
+from .model_wrappers.unwrap import unwrap_model
 
 
 def _task_names(runner) -> List[str]:
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    model = unwrap_model(runner.model)
     names = getattr(model, 'task_names', None)
     if names is None:
         raise TypeError(f'{type(model).__name__} has no task_names; the multi-task loops need AllInOneModel')

@@ -2,15 +2,15 @@
 import numpy as np
 
 from ...registry import AGGREGATORS
-from ._gram import gram_matrix, make_result
-from .base import GradAggregator, check_choice, check_number
+from .base import check_choice, check_number
+from .gramian import GramianAggregator
 
 #: float32 machine epsilon: the gradients are float32, so smaller eigenvalues are noise
 _EPS32 = float(np.finfo(np.float32).eps)
 
 
 @AGGREGATORS.register_module()
-class AlignedMTLAggregator(GradAggregator):
+class AlignedMTLAggregator(GramianAggregator):
     """Make the gradient system perfectly conditioned, then sum.
 
     "Independent Component Alignment for Multi-Task Learning" (arXiv 2305.19000). With the Gram
@@ -55,9 +55,7 @@ class AlignedMTLAggregator(GradAggregator):
             raise ValueError(f'AlignedMTLAggregator.task_weights names tasks {unknown} that the model does not '
                              f'have (tasks: {self.tasks})')
 
-    def aggregate(self, grads, losses, head_norms=None, tasks=None):
-        tasks = self.row_tasks(len(grads), tasks)
-        K = gram_matrix(grads)
+    def weights_from_gram(self, K, losses, tasks):
         T = len(K)
         weights = np.zeros(T)
         top = float(np.max(np.diag(K))) if T else 0.0
@@ -75,4 +73,4 @@ class AlignedMTLAggregator(GradAggregator):
             # K was divided by top: sigma scales by sqrt(top), B is scale invariant
             c = np.array([(self.task_weights or {}).get(t, 1.0) for t in tasks])
             weights = B @ c
-        return make_result(grads, weights, weights if self.scale_heads else None)
+        return weights, weights if self.scale_heads else None

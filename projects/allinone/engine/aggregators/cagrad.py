@@ -6,12 +6,12 @@ from mmengine.logging import print_log
 from scipy.optimize import minimize
 
 from ...registry import AGGREGATORS
-from ._gram import gram_matrix, make_result
-from .base import GradAggregator, check_choice, check_number
+from .base import check_choice, check_number
+from .gramian import GramianAggregator
 
 
 @AGGREGATORS.register_module()
-class CAGradAggregator(GradAggregator):
+class CAGradAggregator(GramianAggregator):
     """Maximise the worst task's improvement within a ball around the average gradient.
 
     "Conflict-Averse Gradient Descent for Multi-task Learning" (arXiv 2110.14048). With
@@ -74,9 +74,7 @@ class CAGradAggregator(GradAggregator):
         w = np.clip(w, 0.0, None)
         return w / w.sum() if w.sum() > 0 else b
 
-    def aggregate(self, grads, losses, head_norms=None, tasks=None):
-        self.row_tasks(len(grads), tasks)  # validates the row count
-        K = gram_matrix(grads)
+    def weights_from_gram(self, K, losses, tasks):
         T = len(K)
         b = np.full(T, 1.0 / T)
         scale = float(np.max(np.diag(K))) if T else 0.0
@@ -92,7 +90,7 @@ class CAGradAggregator(GradAggregator):
         coef = coef / {0: 1.0, 1: 1.0 + self.c ** 2, 2: 1.0 + self.c}[self.rescale]
         if self.reduction == 'sum':
             coef = coef * T
-        return make_result(grads, coef)
+        return coef
 
     def state_dict(self):
         return dict(fallbacks=int(self.fallbacks))

@@ -2,12 +2,11 @@
 import numpy as np
 
 from ...registry import AGGREGATORS
-from ._gram import gram_matrix, make_result
-from .base import GradAggregator
+from .gramian import GramianAggregator
 
 
 @AGGREGATORS.register_module()
-class IMTLGAggregator(GradAggregator):
+class IMTLGAggregator(GramianAggregator):
     """The combination whose projections on every unit task gradient are equal.
 
     "Towards Impartial Multi-task Learning" (Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang;
@@ -25,9 +24,7 @@ class IMTLGAggregator(GradAggregator):
     shared gradient is exactly zero has no direction: it is left out (weight 0).
     """
 
-    def aggregate(self, grads, losses, head_norms=None, tasks=None):
-        self.row_tasks(len(grads), tasks)  # validates the row count
-        K = gram_matrix(grads)
+    def weights_from_gram(self, K, losses, tasks):
         T = len(K)
         active = np.flatnonzero(np.diag(K) > 0)
         alpha = np.zeros(T)
@@ -42,4 +39,4 @@ class IMTLGAggregator(GradAggregator):
             rhs = np.zeros(m)
             rhs[-1] = 1.0
             alpha[active] = np.linalg.lstsq(M, rhs, rcond=None)[0]
-        return make_result(grads, alpha)
+        return alpha

@@ -4,14 +4,15 @@ import math
 import numpy as np
 
 from ...registry import AGGREGATORS
-from ._gram import gram_matrix, make_result, min_norm_weights
-from .base import GradAggregator, check_choice
+from ._gram import min_norm_weights
+from .base import check_choice
+from .gramian import GramianAggregator
 
 NORMALIZATIONS = ('none', 'l2', 'loss', 'loss+')
 
 
 @AGGREGATORS.register_module()
-class MGDAAggregator(GradAggregator):
+class MGDAAggregator(GramianAggregator):
     """Step along the min-norm point of the convex hull of the task gradients.
 
     "Multi-Task Learning as Multi-Objective Optimization" (Sener and Koltun, NeurIPS 2018,
@@ -48,9 +49,7 @@ class MGDAAggregator(GradAggregator):
         gn = dict(none=np.ones(len(K)), l2=norms, loss=loss, **{'loss+': loss * norms})[self.normalization]
         return np.array([x if (math.isfinite(x) and x > 0) else 1.0 for x in gn])
 
-    def aggregate(self, grads, losses, head_norms=None, tasks=None):
-        self.row_tasks(len(grads), tasks)  # validates the row count
-        K = gram_matrix(grads)
+    def weights_from_gram(self, K, losses, tasks):
         T = len(K)
         active = np.flatnonzero(np.diag(K) > 0)
         alpha = np.zeros(T)
@@ -60,4 +59,4 @@ class MGDAAggregator(GradAggregator):
             Kn = K[np.ix_(active, active)] / np.outer(gn, gn)
             alpha[active] = min_norm_weights(Kn)
             head[active] = alpha[active]
-        return make_result(grads, alpha, head)
+        return alpha, head

@@ -7,12 +7,12 @@ from mmengine.logging import print_log
 from scipy.optimize import minimize
 
 from ...registry import AGGREGATORS
-from ._gram import gram_matrix, make_result
-from .base import GradAggregator, check_number
+from .base import check_number
+from .gramian import GramianAggregator
 
 
 @AGGREGATORS.register_module()
-class NashMTLAggregator(GradAggregator):
+class NashMTLAggregator(GramianAggregator):
     """The Nash bargaining solution: ``alpha > 0`` with ``(G G^T alpha)_t = 1 / alpha_t``.
 
     "Multi-Task Learning as a Bargaining Game" (Navon, Shamsian, Achituve, Maron, Kawaguchi,
@@ -106,9 +106,7 @@ class NashMTLAggregator(GradAggregator):
         return beta / root, residual, str(res.message)
 
     # ------------------------------------------------------------------ aggregate
-    def aggregate(self, grads, losses, head_norms=None, tasks=None):
-        tasks = self.row_tasks(len(grads), tasks)
-        K = gram_matrix(grads)
+    def weights_from_gram(self, K, losses, tasks):
         T = len(K)
         active = np.flatnonzero(np.diag(K) > 0)
         names = [tasks[i] for i in active]
@@ -140,7 +138,7 @@ class NashMTLAggregator(GradAggregator):
         if self.max_norm > 0:
             norm = np.sqrt(max(float(alpha @ K @ alpha), 0.0))
             weights = alpha * min(1.0, self.max_norm / (norm + 1e-6))
-        return make_result(grads, weights, head)
+        return weights, head
 
     # ------------------------------------------------------------------ state
     def state_dict(self):

@@ -31,11 +31,11 @@ from typing import Dict, List, Optional, Tuple
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 
 from ...registry import LOOPS
 from ..loops import MultiTaskTrainLoop
 from .fusion import DRMGF
+from ..model_wrappers.unwrap import unwrap_model
 
 
 class DRMGFStateHook(Hook):
@@ -97,8 +97,7 @@ class DRMGFTrainLoop(MultiTaskTrainLoop):
     # ------------------------------------------------------------------ schedule
     @property
     def model(self):
-        m = self.runner.model
-        return m.module if is_model_wrapper(m) else m
+        return unwrap_model(self.runner.model)
 
     @property
     def round_length(self) -> int:

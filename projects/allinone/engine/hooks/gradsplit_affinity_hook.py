@@ -53,10 +53,10 @@ import torch
 from mmengine.dist import all_reduce, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 
 from ...registry import HOOKS
 from .random_state_hook import preserved_rng
+from ..model_wrappers.unwrap import unwrap_model
 
 
 @HOOKS.register_module()
@@ -82,7 +82,7 @@ class GradSplitAffinityHook(Hook):
 
     # ------------------------------------------------------------------ set-up
     def before_train(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         split = getattr(model, 'grad_split', None)
         if split is None:
             raise RuntimeError('GradSplitAffinityHook: the model has no grad_split; set '

@@ -27,11 +27,11 @@ import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
 from ...models.recon import SCORES, cosine_quantiles, is_convertible, rank_layers
 from ...registry import HOOKS
+from ..model_wrappers.unwrap import unwrap_model
 
 REPORT_FORMAT = 'allinone-recon-search/1'
 
@@ -212,7 +212,7 @@ class ReconSearchHook(Hook):
         self._wrapper = None
 
     def before_train(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         wrapper = runner.optim_wrapper
         if not hasattr(wrapper, '_after_task_backward'):
             raise TypeError('ReconSearchHook needs the per-task optim wrapper (MultiTaskOptimWrapper), got '
