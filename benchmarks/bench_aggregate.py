@@ -31,11 +31,8 @@ import subprocess
 import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from bench_tbgc import build, cpu_machine, step, write_result  # noqa: E402
+from projects.allinone.benchmarking.demo import REPO, build, cpu_machine, step, write_result
 
 DEFAULT_METHODS = ('vanilla', 'mgda', 'maxgnr', 'pcgrad', 'imtl', 'nashmtl', 'upgrad', 'dualproj', 'fairgrad',
                    'config', 'crmogm', 'imtl_hybrid', 'moco', 'dbmtl', 'excessmtl', 'graddrop')

@@ -22,11 +22,8 @@ import subprocess
 import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from bench_tbgc import build_demo, cpu_machine, write_result  # noqa: E402
+from projects.allinone.benchmarking.demo import REPO, build_demo, cpu_machine, write_result
 
 ARMS = ('fp32', 'amp')
 

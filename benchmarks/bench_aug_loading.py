@@ -23,7 +23,6 @@ import json
 import os
 import os.path as osp
 import statistics
-import sys
 import tempfile
 import time
 
@@ -31,7 +30,6 @@ import cv2
 import numpy as np
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def make_track1_tree(root: str, n: int = 16, det_size=(2048, 2048), seg_size=(1280, 720), cls_size=(640, 480),
@@ -185,8 +183,7 @@ def main(argv=None):
     for task, arms in summary.items():
         for arm, r in arms.items():
             print(f"| {task} | {arm} | {r['images_per_s']:.2f} | {r['vs_no_mix']:.2f} |")
-    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-    from bench_tbgc import cpu_machine, write_result
+    from projects.allinone.benchmarking.demo import cpu_machine, write_result
     write_result(dict(config=osp.relpath(args.config, REPO), images=args.images, repeats=args.repeats,
                       machine=cpu_machine(num_workers=args.num_workers), summary=summary), args.out)
     print(f'written {args.out}')

@@ -34,7 +34,6 @@ import threading
 import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
 CONFIGS = ['allinone.py', 'tbgc-dino-m2f-arcface_swin-l-in21k-pre_8gpu-52k_track1.py']
 TASKS = ('det', 'seg', 'cls')
 GB = 2 ** 30
@@ -259,7 +258,7 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.scale, args.threads)), flush=True)
         return None
-    from benchmarks.bench_tbgc import cpu_machine, write_result
+    from projects.allinone.benchmarking.demo import cpu_machine, write_result
     results = {}
     for config in args.configs:
         facts = model_facts(config)

@@ -19,11 +19,8 @@ import subprocess
 import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from bench_tbgc import build, cpu_machine, write_result  # noqa: E402
+from projects.allinone.benchmarking.demo import REPO, build, cpu_machine, write_result
 
 
 def vanilla_round(model, wrapper, batch, steps):

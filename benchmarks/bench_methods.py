@@ -16,137 +16,12 @@ that brings its own training loop (``train_cfg`` type) is skipped: one wrapper s
         [--recon-report REPORT] [--out benchmarks/results/methods.json]
 """
 import argparse
-import copy
-import json
 import os.path as osp
-import statistics
 import subprocess
 import sys
-import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-
-from bench_tbgc import build, cpu_machine, peak_step_memory_mb, step, write_result  # noqa: E402
-
-DEFAULT_METHODS = ('vanilla', 'tbgc', 'maxgnr', 'pcgrad', 'cagrad', 'mgda', 'nashmtl', 'imtl', 'gradvac',
-                   'aligned', 'uw', 'dwa', 'gradnorm', 'rlw', 'famo', 'tbgc+pcgrad')
-CLIP = dict(max_norm=10.0)  # the demo config's global clip
-
-
-def make_wrapper(method, model):
-    import torch
-    from mmengine.optim import OptimWrapper
-
-    from projects.allinone.engine.aggregators import method_optim_overrides
-    from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    if method == 'joint':
-        return OptimWrapper(opt, clip_grad=CLIP)
-    over = method_optim_overrides(method)
-    return MultiTaskOptimWrapper(opt, aggregator=over['aggregator'], clip_grad=over.get('clip_grad', CLIP),
-                                 stats_interval=0)
-
-
-def model_overrides(method, context):
-    """The ``model`` overrides of a method (``None``: the plain demo model)."""
-    from projects.allinone.engine.aggregators import method_config_overrides
-    if method == 'joint':
-        return None
-    return method_config_overrides(method, **(context or {})).get('model')
-
-
-def build_models(args, arms):
-    """``({arm: model}, batch)``: one model per arm, built with the arm's model overrides (same seed)."""
-    model, batch = build(args.data)
-    models = {}
-    for a in arms:
-        over = model_overrides(a, args.context)
-        models[a] = copy.deepcopy(model) if not over else build(args.data, over, batches=False)[0]
-    return models, batch, model
-
-
-def quartiles(values):
-    """First quartile, median, third quartile (the spread of the per-step ratios)."""
-    return statistics.quantiles(values, n=4) if len(values) > 1 else list(values) * 3
-
-
-def run_speed(args, methods):
-    import torch
-    torch.set_num_threads(args.threads)
-    arms = ('joint', ) + tuple(methods)
-    models, batch, model = build_models(args, arms)
-    wrappers = {a: make_wrapper(a, models[a]) for a in arms}
-    times = {a: [] for a in arms}
-    cpu = {a: [] for a in arms}   # process CPU time: what the step cost, whatever else shares the machine
-    for i in range(args.warmup + args.steps):
-        for a in (arms if i % 2 == 0 else arms[::-1]):
-            torch.manual_seed(i)  # RLW / PCGrad draw from the global RNG
-            t0, c0 = time.perf_counter(), time.process_time()
-            step(models[a], wrappers[a], batch)
-            if i >= args.warmup:
-                times[a].append(time.perf_counter() - t0)
-                cpu[a].append(time.process_time() - c0)
-    out = {}
-    for a in arms:
-        ratios = [t / v for t, v in zip(times[a], times['joint'])]
-        cpu_ratios = [t / v for t, v in zip(cpu[a], cpu['joint'])]
-        out[a] = dict(median_s=statistics.median(times[a]), ratio_to_joint=statistics.median(ratios),
-                      ratio_quartiles=quartiles(ratios),
-                      median_cpu_s=statistics.median(cpu[a]), cpu_ratio_to_joint=statistics.median(cpu_ratios),
-                      cpu_ratio_quartiles=quartiles(cpu_ratios))
-    shared = sum(p.numel() for _, p in model.shared_parameters())
-    return out, shared
-
-
-def run_memory_arm(args):
-    import torch
-    torch.set_num_threads(args.threads)
-    model, batch = build(args.data, model_overrides(args.arm, args.context))
-    print(json.dumps(dict(peak_mb=peak_step_memory_mb(model, make_wrapper(args.arm, model), batch))))
-
-
-def measure(methods, data, steps=10, warmup=2, threads=2, memory=True, context=None):
-    """Speed (interleaved, one process) and memory (one process per method) of ``methods``.
-
-    ``context``: what model-side methods need (``recon_report=PATH``). Methods with their own
-    training loop are left out (``skipped``: method -> reason)."""
-    from projects.allinone.engine.aggregators import changes_train_loop
-    context = {k: v for k, v in (context or {}).items() if v is not None}
-    skipped = {m: 'own training loop (train_cfg type): not one optim-wrapper step'
-               for m in methods if changes_train_loop(m)}
-    methods = [m for m in methods if m not in skipped]
-    args = argparse.Namespace(data=data, steps=steps, warmup=warmup, threads=threads, context=context)
-    speed, n_shared = run_speed(args, methods)
-    mem = {}
-    if memory:
-        for a in ('joint', ) + tuple(methods):
-            outp = subprocess.check_output([sys.executable, osp.abspath(__file__), '--arm', a, '--data', data,
-                                            '--threads', str(threads), '--context', json.dumps(context)],
-                                           stderr=subprocess.DEVNULL)
-            mem[a] = json.loads(outp.decode().strip().splitlines()[-1])['peak_mb']
-    return dict(speed=speed, peak_tensor_mb=mem, shared_params=n_shared, steps=steps, skipped=skipped,
-                context=context, machine=cpu_machine(threads=threads))
-
-
-def table(res, methods):
-    lines = ['| method | median step (s) | step / joint | extra time vs vanilla | CPU time / joint '
-             '| extra CPU vs vanilla | peak tensor memory (MB) |',
-             '|---|---|---|---|---|---|---|']
-    base = res['speed'].get('vanilla', res['speed']['joint'])['ratio_to_joint']
-    cpu_base = res['speed'].get('vanilla', res['speed']['joint'])['cpu_ratio_to_joint']
-    for a in ('joint', ) + tuple(methods):
-        if a not in res['speed']:
-            lines.append(f"| {a} | - | - | - | - | - | - |")
-            continue
-        s = res['speed'][a]
-        mem = res['peak_tensor_mb'].get(a)
-        lines.append(f"| {a} | {s['median_s']:.3f} | {s['ratio_to_joint']:.3f} | "
-                     f"{100 * (s['ratio_to_joint'] / base - 1):+.1f}% | {s['cpu_ratio_to_joint']:.3f} | "
-                     f"{100 * (s['cpu_ratio_to_joint'] / cpu_base - 1):+.1f}% | "
-                     f"{'-' if mem is None else f'{mem:.1f}'} |")
-    return '\n'.join(lines)
+from projects.allinone.benchmarking.demo import REPO, write_result
+from projects.allinone.benchmarking.method_cost import DEFAULT_METHODS, measure, table
 
 
 def main():
@@ -159,11 +34,7 @@ def main():
     p.add_argument('--no-memory', action='store_true')
     p.add_argument('--recon-report', help="Recon search report for 'recon' methods (default: METHOD_CONTEXT's)")
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'results', 'methods.json'))
-    p.add_argument('--arm', help=argparse.SUPPRESS)
-    p.add_argument('--context', type=json.loads, default={}, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.arm:
-        return run_memory_arm(args)
     if not osp.exists(osp.join(args.data, 'meta.json')):
         subprocess.check_call([sys.executable, osp.join(REPO, 'tools', 'make_demo_data.py'), '--out', args.data])
     context = dict(recon_report=osp.abspath(args.recon_report)) if args.recon_report else {}

@@ -4,11 +4,9 @@ import sys
 
 import pytest
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+import torch
 
-import torch  # noqa: E402
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 torch.set_num_threads(2)
 

@@ -1,12 +1,9 @@
 """tools/compare_methods.py: per-method child configs, finished-run detection, the table and plot."""
 import json
-import os.path as osp
-import sys
 from pathlib import Path
 
-from conftest import DEMO_CFG, REPO
+from conftest import DEMO_CFG
 
-sys.path.insert(0, osp.join(REPO, 'tools'))
 
 
 def test_child_config_changes_only_the_method_and_scales_the_schedule(tmp_path, registered):
@@ -112,8 +109,9 @@ def test_recon_report_reaches_the_model_config(tmp_path, registered):
 
 
 def test_recon_search_runs_once_and_the_table_marks_unmeasured_loops(tmp_path, registered, monkeypatch):
-    import compare_methods  # puts benchmarks/ on the path
-    import bench_methods
+    import compare_methods
+
+    from projects.allinone.benchmarking import method_cost
     from projects.allinone.engine.aggregators import MODEL_METHODS
     monkeypatch.setitem(MODEL_METHODS, 'fakeloop', dict(train_cfg=dict(type='FakeTrainLoop')))
     out = tmp_path / 'methods'
@@ -134,7 +132,7 @@ def test_recon_search_runs_once_and_the_table_marks_unmeasured_loops(tmp_path, r
         return dict(speed=speed, peak_tensor_mb={m: 90.0 for m in speed}, skipped={'fakeloop': 'own loop'})
 
     monkeypatch.setattr(compare_methods, 'run_with_progress', lambda cmd, *args, **kwargs: fake_search(cmd))
-    monkeypatch.setattr(bench_methods, 'measure', fake_measure)
+    monkeypatch.setattr(method_cost, 'measure', fake_measure)
     argv = ['--methods', 'vanilla', 'recon+pcgrad', 'fakeloop', '--max-iters', '500', '--out', str(out),
             '--bench-steps', '2']
     compare_methods.main(argv)

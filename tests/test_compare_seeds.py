@@ -1,13 +1,10 @@
 """tools/compare_methods.py --seeds: Δm%, ranks, mean ± std, run summaries (reuse, refusal, missing cells)."""
 import json
 import os.path as osp
-import sys
 
 import pytest
 
-from conftest import REPO
 
-sys.path.insert(0, osp.join(REPO, 'tools'))
 
 TASKS = ['det', 'seg', 'cls']
 FP = dict(hash='h0', keys=dict(model='m', train_cfg='t'))

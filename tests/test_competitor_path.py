@@ -48,7 +48,6 @@ def test_data_root_reroots_every_loader_and_evaluator_path(challenge_tree):
 
 
 def test_cli_data_root_and_cfg_options_data_root_agree(challenge_tree, tmp_path, monkeypatch):
-    sys.path.insert(0, osp.join(REPO, 'tools'))
     from train import parse_args
 
     from projects.allinone.utils.cli import load_config

@@ -244,14 +244,12 @@ def test_competition_branches_run_on_the_challenge_layout(registered, tmp_path):
     sample, boxes stay inside the image, label maps keep the image's size and the label range; and
     mosaic is scheduled off for the last tenth of training."""
     import os.path as osp
-    import sys
 
     import torch
     from mmengine.config import Config
     from mmengine.registry import DATASETS, DefaultScope
 
     from conftest import REPO
-    sys.path.insert(0, osp.join(REPO, 'benchmarks'))
     from bench_aug_loading import make_track1_tree
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone.py'))
     root = make_track1_tree(str(tmp_path), n=4, det_size=(320, 320), seg_size=(320, 180), cls_size=(160, 120),

@@ -22,11 +22,10 @@ import os
 import os.path as osp
 import sys
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from projects.allinone.visualization.scalar_logs import (cosine_pairs, fresh_cosines,  # noqa: E402
+from projects.allinone.visualization.scalar_logs import (cosine_pairs, fresh_cosines,
                                                          load_scalar_logs, series, task_names)
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 #: (key suffix, row title, log scale when every value is positive)
 TASK_ROWS = [('loss', 'loss', True),

@@ -24,7 +24,6 @@ import sys
 from collections import Counter, OrderedDict
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 BRANCH_KEY = 'aug_branch'
 

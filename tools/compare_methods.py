@@ -33,8 +33,6 @@ import sys
 import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, osp.join(REPO, 'benchmarks'))
 
 
 def _py(obj) -> str:
@@ -341,7 +339,7 @@ def compare_seeds(args):
             cost = json.load(f)
     need = [m for m in methods if not mt.is_single(m) and not changes_train_loop(m) and m not in cost]
     if args.bench_steps and need and not args.no_train:
-        from bench_methods import measure
+        from projects.allinone.benchmarking.method_cost import measure
         arms = list(dict.fromkeys(['vanilla'] + need))
         print(f'measuring the step cost of {len(arms)} methods ({args.bench_steps} interleaved steps)...', flush=True)
         res = measure(arms, args.data_root or args.data, steps=args.bench_steps, threads=args.threads or 2,
@@ -431,7 +429,7 @@ def main(argv=None):
 
     cost = None
     if args.bench_steps:
-        from bench_methods import measure
+        from projects.allinone.benchmarking.method_cost import measure
         print(f'measuring the step cost of {len(args.methods)} methods ({args.bench_steps} interleaved steps)...',
               flush=True)
         cost = measure(list(args.methods), args.data, steps=args.bench_steps, threads=args.threads or 2,

@@ -17,9 +17,8 @@ import os.path as osp
 import statistics
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from projects.allinone.visualization.scalar_logs import load_scalar_logs  # noqa: E402
+from projects.allinone.visualization.scalar_logs import load_scalar_logs
 
 
 def load_scalars(run):

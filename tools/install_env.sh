@@ -10,7 +10,7 @@ PY="${PYTHON:-python3}"
 WHEELS="${ALLINONE_WHEEL_CACHE:-$HOME/.cache/allinone/wheels}"
 STAMP="$VENV/.allinone-installed"
 REQ="$ROOT/requirements.txt"
-want="$(cat "$REQ" "$0" | sha1sum | cut -c1-12)"
+want="$(cat "$REQ" "$0" "$ROOT/pyproject.toml" | sha1sum | cut -c1-12)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   echo "[install] $VENV is up to date"; exit 0
 fi
@@ -26,10 +26,22 @@ MMCV_WHL="$(ls "$WHEELS"/mmcv-2.1.0-*.whl 2>/dev/null | head -n1 || true)"
 if [ -z "$MMCV_WHL" ]; then
   log "building mmcv 2.1.0 with its compiled ops (9-21 min on 2 cores; cached in $WHEELS afterwards)"
   pip install -q "setuptools<70" wheel ninja  # mmcv's setup.py needs the old pkg_resources
-  tmp="$(mktemp -d)"
-  MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" \
-    pip wheel -q --no-deps --no-build-isolation -w "$tmp" mmcv==2.1.0
-  mv "$tmp"/mmcv-2.1.0-*.whl "$WHEELS"/ && rm -rf "$tmp"
+  # a private build folder under the cache (not the shared /tmp, where a cleaner can remove a folder
+  # during the 9-21 min build and pip then writes the wheel as a file of that name); pip's own build
+  # and temporary files go there too
+  build="$WHEELS/build.$$"
+  rm -rf "$build" && mkdir -p "$build/tmp" "$build/out"
+  TMPDIR="$build/tmp" MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" \
+    pip wheel -q --no-deps --no-build-isolation -w "$build/out" mmcv==2.1.0
+  built=("$build"/out/mmcv-2.1.0-*.whl)
+  if [ "${#built[@]}" -ne 1 ] || [ ! -f "${built[0]}" ]; then
+    echo "[install] the mmcv build left no single wheel file in $build/out: ${built[*]}" >&2; exit 1
+  fi
+  "$VENV/bin/python" -m zipfile -l "${built[0]}" >/dev/null || {
+    echo "[install] ${built[0]} is not a readable wheel" >&2; exit 1; }
+  # move under a temporary name, then rename: a concurrent install never sees half a wheel
+  mv "${built[0]}" "$WHEELS/.partial.$$" && mv "$WHEELS/.partial.$$" "$WHEELS/$(basename "${built[0]}")"
+  rm -rf "$build"
   MMCV_WHL="$(ls "$WHEELS"/mmcv-2.1.0-*.whl | head -n1)"
 else
   log "reusing cached $MMCV_WHL"
@@ -38,8 +50,12 @@ pip install -q --no-deps "$MMCV_WHL"
 
 log "OpenMMLab packages and the rest of requirements.txt"
 PIP_FIND_LINKS=" " pip install -q -r "$REQ"
+
+log "the project itself (editable: projects.allinone importable from tools/, benchmarks/, tests/)"
+PIP_FIND_LINKS=" " pip install -q --no-deps --no-build-isolation -e "$ROOT"
 "$VENV/bin/python" - <<'PY'
 import torch, torchvision, mmcv, mmengine, mmdet, mmseg, mmpretrain
+import projects.allinone.benchmarking  # the editable install of this checkout
 from mmcv.ops import batched_nms  # compiled ops present
 print('[install] ok: torch', torch.__version__, 'torchvision', torchvision.__version__, 'mmcv', mmcv.__version__,
       'mmengine', mmengine.__version__, 'mmdet', mmdet.__version__, 'mmseg', mmseg.__version__,

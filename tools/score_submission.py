@@ -9,12 +9,10 @@ Exit status 2 and a list of problems when the file does not follow the format.
 """
 import argparse
 import json
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from projects.allinone.evaluation.scorer import KEYS, GroundTruth, SubmissionError, score  # noqa: E402
+from projects.allinone.evaluation.scorer import KEYS, GroundTruth, SubmissionError, score
 
 
 def main(argv=None):

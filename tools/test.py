@@ -12,9 +12,8 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from projects.allinone.utils.cli import (add_common_args, finish_distributed, load_config,  # noqa: E402
+from projects.allinone.utils.cli import (add_common_args, finish_distributed, load_config,
                                          setup_distributed)
 
 

@@ -8,13 +8,11 @@ Several processes (GPUs, or CPU processes with gloo): ``tools/dist_train.sh CONF
 """
 import argparse
 import os.path as osp
-import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record  # the error in torchrun's summary
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from projects.allinone.utils.cli import (add_common_args, finish_distributed, load_config,  # noqa: E402
+from projects.allinone.utils.cli import (add_common_args, finish_distributed, load_config,
                                          say as _say, setup_distributed)
 
 
