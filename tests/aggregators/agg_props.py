@@ -22,10 +22,11 @@ def G(*rows, dtype=torch.float64):
     return torch.tensor(rows, dtype=dtype)
 
 
-def random_grads(T=3, n=8, seed=0, conflict=True, dtype=torch.float64):
-    """``(T, n)`` random gradients; with ``conflict`` the second row conflicts with the first."""
+def random_grads(T=3, n=8, seed=0, conflict=True, dtype=torch.float64, draw_dtype=torch.float64):
+    """``(T, n)`` random gradients; with ``conflict`` the second row conflicts with the first. They are
+    drawn in ``draw_dtype`` (float32 draws are other numbers than float64 ones) and returned in ``dtype``."""
     g = torch.Generator().manual_seed(seed)
-    grads = torch.randn(T, n, generator=g, dtype=torch.float64)
+    grads = torch.randn(T, n, generator=g, dtype=draw_dtype)
     if conflict and T > 1:
         grads[1] -= 1.5 * grads[0]
     return grads.to(dtype)

@@ -1,0 +1,88 @@
+"""Random loss weighting (RLW): a softmax of standard normal draws from the method's own generator,
+resumed from a checkpoint on the same sequence, and the loss-weighting family's common contract."""
+import pytest
+import torch
+from agg_props import TASKS, roundtrip
+from weighting_props import (check_bad_hyperparameter_names_the_argument, check_build_from_registry,
+                             check_missing_task_row_leaves_its_state_alone,
+                             check_state_dict_round_trip_gives_identical_next_results,
+                             check_streaming_and_matrix_paths_agree, check_trains_through_the_optim_wrapper)
+
+from projects.allinone.engine.aggregators import RLWAggregator
+
+NAME = 'RLWAggregator'
+
+
+def test_rlw_weights_are_a_random_softmax():
+    agg = RLWAggregator()
+    grads = torch.randn(3, 4, dtype=torch.float64)
+    agg.bind(TASKS)
+    ws = [agg.aggregate(grads, torch.ones(3), None, TASKS).weights for _ in range(5)]
+    for w in ws:
+        assert (w > 0).all() and float(w.sum()) == pytest.approx(1.0)
+    assert not torch.equal(ws[0], ws[1])
+    # exactly softmax of standard normal draws from the method's generator (seed 0 by default) ...
+    expect = torch.softmax(torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), 0)
+    torch.testing.assert_close(ws[0], expect)
+    # ... so reproducible whatever the global RNG does (it differs per rank under diff_rank_seed)
+    torch.manual_seed(99)
+    again = RLWAggregator()
+    again.bind(TASKS)
+    for w in ws:
+        torch.testing.assert_close(again.aggregate(grads, torch.ones(3), None, TASKS).weights, w)
+    other = RLWAggregator(seed=1)
+    other.bind(TASKS)
+    assert not torch.equal(other.next_weights(TASKS), ws[0])
+    assert float(RLWAggregator(total=3).next_weights(TASKS).sum()) == pytest.approx(3.0)
+
+
+def test_rlw_private_seed_resumes_the_same_sequence():
+    a = RLWAggregator(seed=7)
+    a.bind(TASKS)
+    grads = torch.randn(3, 4)
+    for _ in range(3):
+        a.aggregate(grads, torch.ones(3), None, TASKS)
+    b = RLWAggregator(seed=7)
+    b.bind(TASKS)
+    b.load_state_dict(roundtrip(a.state_dict()))
+    torch.manual_seed(123)  # the global RNG does not matter
+    wa = [a.aggregate(grads, torch.ones(3), None, TASKS).weights for _ in range(3)]
+    torch.manual_seed(456)
+    wb = [b.aggregate(grads, torch.ones(3), None, TASKS).weights for _ in range(3)]
+    for x, y in zip(wa, wb):
+        assert torch.equal(x, y)
+
+
+# ---------------------------------------------------------------------------- the common contract
+@pytest.mark.parametrize('name', [NAME])
+def test_build_from_registry(name):
+    check_build_from_registry(name)
+
+
+@pytest.mark.parametrize('name', [NAME])
+def test_streaming_and_matrix_paths_agree(name):
+    check_streaming_and_matrix_paths_agree(name)
+
+
+@pytest.mark.parametrize('name', [NAME])
+def test_state_dict_round_trip_gives_identical_next_results(name):
+    check_state_dict_round_trip_gives_identical_next_results(name)
+
+
+@pytest.mark.parametrize('name', [NAME])
+def test_missing_task_row_leaves_its_state_alone(name):
+    check_missing_task_row_leaves_its_state_alone(name, seg_state='redrawn')
+
+
+# ids: those of the family's former common table (tests/test_aggregators_weighting.py)
+@pytest.mark.parametrize('name,kwargs,arg', [
+    pytest.param(NAME, dict(total=0), 'total', id='RLWAggregator-kwargs10-total'),
+    pytest.param(NAME, dict(seed=1.5), 'seed', id='RLWAggregator-kwargs11-seed'),
+])
+def test_bad_hyperparameters_name_the_argument(name, kwargs, arg):
+    check_bad_hyperparameter_names_the_argument(name, kwargs, arg)
+
+
+@pytest.mark.parametrize('name', [NAME])
+def test_each_method_trains_through_the_optim_wrapper(name):
+    check_trains_through_the_optim_wrapper(name)
