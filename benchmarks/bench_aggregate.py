@@ -80,7 +80,7 @@ def main():
     import torch
     from mmengine.optim import OptimWrapper
 
-    from projects.allinone.engine.aggregators import method_optim_overrides
+    from projects.allinone.methods import method_optim_overrides
     from projects.allinone.engine.aggregators._gram import gram_matrix
     from projects.allinone.engine.aggregators.base import build_aggregator
     torch.set_num_threads(args.threads)

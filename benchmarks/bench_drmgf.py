@@ -58,7 +58,7 @@ def main():
     torch.set_num_threads(args.threads)
     if not osp.exists(osp.join(args.data, 'meta.json')):
         subprocess.check_call([sys.executable, osp.join(REPO, 'tools', 'make_demo_data.py'), '--out', args.data])
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
     model, batch = build(args.data)
     models = dict(vanilla=model, drmgf=copy.deepcopy(model))

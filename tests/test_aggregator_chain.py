@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from projects.allinone.engine.aggregators import (ChainAggregator, METHOD_PRESETS, PCGradAggregator,
-                                                  TBGCAggregator, method_optim_overrides)
+from projects.allinone.engine.aggregators import ChainAggregator, PCGradAggregator, TBGCAggregator
+
+from projects.allinone.methods import METHOD_PRESETS, method_optim_overrides
 from projects.allinone.engine.aggregators.base import build_aggregator
 
 

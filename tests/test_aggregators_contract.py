@@ -187,7 +187,7 @@ def run(model, wrapper, batches):
     for batch in batches:
         for task, x in batch.items():
             wrapper.backward_task(task, model.loss(task, x))
-        wrapper.update_tasks(model)
+        wrapper.update_tasks()
         logs.append(dict(wrapper.last_stats))
     return logs
 
@@ -325,7 +325,7 @@ def test_nonfinite_skip_counters_are_checkpointed():
         for task, x in stream(1)[0].items():
             loss = model.loss(task, x)
             wrapper.backward_task(task, loss * float('nan') if task == 'b' else loss)
-        wrapper.update_tasks(model)
+        wrapper.update_tasks()
     assert wrapper.skipped == {'b': 2} and wrapper.last_stats['b.nonfinite_skips'] == 2.0
     state = through_checkpoint(wrapper.state_dict())
     assert state['nonfinite_skips'] == {'b': 2}
@@ -337,5 +337,5 @@ def test_nonfinite_skip_counters_are_checkpointed():
     for task, x in stream(1)[0].items():
         loss = model.loss(task, x)
         resumed.backward_task(task, loss * float('inf') if task == 'b' else loss)
-    resumed.update_tasks(model)
+    resumed.update_tasks()
     assert resumed.last_stats['b.nonfinite_skips'] == 3.0  # counts on from the checkpoint

@@ -56,7 +56,7 @@ def test_method_names_take_one_model_side_part_and_aggregators(tmp_path, registe
     import pytest
 
     from compare_methods import main
-    from projects.allinone.engine.aggregators import method_config_overrides, method_context_keys, split_method
+    from projects.allinone.methods import method_config_overrides, method_context_keys, split_method
     assert split_method('recon+pcgrad') == ('recon', ['pcgrad'])
     assert split_method('tbgc+pcgrad') == (None, ['tbgc', 'pcgrad'])
     over = method_config_overrides('recon+pcgrad', recon_report='/r/recon_report.json')
@@ -80,7 +80,7 @@ def test_child_config_merges_a_preset_train_cfg_with_the_schedule(tmp_path, regi
     from mmengine.config import Config
 
     from compare_methods import child_config
-    from projects.allinone.engine.aggregators import MODEL_METHODS, changes_train_loop
+    from projects.allinone.methods import MODEL_METHODS, changes_train_loop
     monkeypatch.setitem(MODEL_METHODS, 'fakeloop', dict(train_cfg=dict(type='FakeTrainLoop', inner_steps=2),
                                                         model=dict(fake_option=3)))
     assert changes_train_loop('fakeloop+pcgrad') and not changes_train_loop('recon+pcgrad')
@@ -112,7 +112,7 @@ def test_recon_search_runs_once_and_the_table_marks_unmeasured_loops(tmp_path, r
     import compare_methods
 
     from projects.allinone.benchmarking import method_cost
-    from projects.allinone.engine.aggregators import MODEL_METHODS
+    from projects.allinone.methods import MODEL_METHODS
     monkeypatch.setitem(MODEL_METHODS, 'fakeloop', dict(train_cfg=dict(type='FakeTrainLoop')))
     out = tmp_path / 'methods'
     for run in ('vanilla', 'recon_pcgrad', 'fakeloop'):

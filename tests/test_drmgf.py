@@ -110,7 +110,7 @@ def fake_passes(drmgf, model, seed=0):
 
 # ---------------------------------------------------------------------- fusion arithmetic
 def test_layers_and_importance_shapes(toy):
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     model = build(toy)
     d = DRMGF(model)
     assert d.layer_names == ['backbone.conv', 'backbone.fc']  # heads are not shared
@@ -124,7 +124,7 @@ def test_layers_and_importance_shapes(toy):
 
 
 def test_equal_importances_and_coefficients_fuse_to_the_mean_update(toy):
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     model = build(toy)
     d = DRMGF(model)
     with torch.no_grad():  # importances equal across tasks but varying over connections
@@ -144,7 +144,7 @@ def test_equal_importances_and_coefficients_fuse_to_the_mean_update(toy):
 
 
 def test_fusion_weights_each_connection_by_importance_times_coefficient(toy):
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     model = build(toy)
     d = DRMGF(model)
     g = torch.Generator().manual_seed(3)
@@ -168,7 +168,7 @@ def test_fusion_weights_each_connection_by_importance_times_coefficient(toy):
 
 
 def test_bn_statistics_are_the_mixture_of_the_passes(toy):
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     model = build(toy)
     d = DRMGF(model)
     d.begin_round(model)
@@ -195,7 +195,7 @@ def test_meta_learning_moves_the_fusion_shares_towards_the_better_update(toy):
     alpha starts at 1 here: from the official 1e-3 Adam's first steps of 0.1 flip the sign of the
     coefficient that should shrink, and its momentum then grows |alpha| for both tasks alike, so the
     shares move slowly (on this toy 0.52 after 10 meta batches, about 0.65 after 100; README)."""
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     cfg = copy.deepcopy(toy)
     for t in ('a', 'b'):
         cfg['tasks'][t]['grow'] = True
@@ -232,7 +232,7 @@ def test_meta_learning_moves_the_fusion_shares_towards_the_better_update(toy):
 
 def recorded_round(toy, seed=0, meta_seed=500, **kw):
     """A model and DR-MGF with random importances / coefficients and two fake passes recorded."""
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     model = build(toy)
     d = DRMGF(model, **kw)
     g = torch.Generator().manual_seed(seed + 7)
@@ -349,7 +349,7 @@ def lrn_gate(vs, dominant, own=10.0, beta=1e-4, power=0.75):
 def test_a_gated_pass_records_the_delta_of_its_gated_weights(toy):
     """A pass with the gate on: its delta is W_end / ||slice|| * gate_d(v at the end) - W0 (per connection of
     the conv, per row of the linear layer), and the fusion combines exactly those deltas."""
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     model = build(toy)
     wrapper = wrapper_for(model, lr=0.05)
     d = DRMGF(model, importance_optim=dict(type='SGD', lr=0.5))
@@ -393,7 +393,7 @@ def test_task_convs_are_rescaled_at_the_pass_end_or_gated(toy):
     gradient), and task a's gated pass records it as unit-norm slices times |v_a| / (1 + beta sum_in
     |v_a|)^0.75 with v_a its slice norms at the start, which the fusion writes back. 'gate': it runs with
     that weight in every pass's forward (whichever task dominates) and v_a learns. None: plain."""
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     cfg = copy.deepcopy(toy)
     cfg['tasks']['a']['conv_head'] = True
     b = batches(3)['a']
@@ -461,7 +461,7 @@ def test_task_convs_are_rescaled_at_the_pass_end_or_gated(toy):
 def test_buffers_run_on_between_the_passes_unless_reset(toy):
     """Official: only the parameters go back to W0 between passes, so pass b starts with the BN statistics
     pass a ended with; reset_buffers=True starts every pass from W0's."""
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     for reset in (False, True):
         model = build(toy)
         d = DRMGF(model, reset_buffers=reset)
@@ -478,7 +478,7 @@ def test_buffers_run_on_between_the_passes_unless_reset(toy):
 
 
 def test_importance_and_coefficient_learning_rates_halve_at_the_milestone(toy):
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     model = build(toy)
     d = DRMGF(model)
     assert d.set_progress(0.49) == 1.0
@@ -497,7 +497,7 @@ def test_importance_and_coefficient_learning_rates_halve_at_the_milestone(toy):
 def test_a_pass_weights_the_other_tasks_at_aux_weight_through_any_aggregator(toy, aggregator):
     """In task a's pass b's loss enters the optim wrapper at 0.5: its shared gradient norm is half of
     what it is in b's own pass from the same weights and batch (with the config's aggregator)."""
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
     model = build(toy)
     wrapper = MultiTaskOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.05), aggregator=aggregator)
@@ -517,7 +517,7 @@ def test_a_pass_weights_the_other_tasks_at_aux_weight_through_any_aggregator(toy
 
 # ---------------------------------------------------------------------- gated forward
 def test_gated_forward_trains_the_importances_only_while_gating(toy):
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     model = build(toy)
     d = DRMGF(model)
     model.train()
@@ -554,7 +554,7 @@ def test_importance_ranking_moves_towards_the_task_that_uses_a_filter(toy):
 
     The importances use SGD here: with the official Adam the per-element normalisation cancels the
     10:1 factor for gradients of one sign, and the shares barely move (see the README)."""
-    from projects.allinone.engine.drmgf import DRMGF
+    from projects.allinone.routing.drmgf import DRMGF
     cfg = copy.deepcopy(toy)
     cfg['tasks']['a'].update(used=4, grow=True)
     cfg['tasks']['b'].update(grow=True)

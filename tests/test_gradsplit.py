@@ -80,7 +80,7 @@ def plain_and_identity(registered, model_cfg, batches):
 
 def test_defaults_and_no_state(plain_and_identity):
     plain, split, _ = plain_and_identity
-    gs = split.grad_split
+    gs = split.routing['grad_split']
     assert list(gs.split_modules) == ['backbone.layer4.0', 'backbone.layer4.1']
     assert torch.equal(gs.relation, torch.eye(3, dtype=torch.bool))
     assert gs.group_bounds(256) == [(0, 85), (85, 171), (171, 256)]
@@ -97,9 +97,9 @@ def test_forward_values_are_bit_identical(plain_and_identity, batches):
         model_t = split.tasks[task]
         data = model_t.data_preprocessor(copy.deepcopy(batches[task]), True)
         plain.train(), split.train()
-        with plain._task_context.running(task, train=True):
+        with plain.task_context.running(task, train=True):
             fp = plain.extract_feat(data['inputs'])
-        with split._task_context.running(task, train=True):
+        with split.task_context.running(task, train=True):
             fs = split.extract_feat(data['inputs'])
         assert type(fs[-1].grad_fn).__name__.startswith('Where')  # routed, same values
         for a, b in zip(fp, fs):
@@ -110,15 +110,15 @@ def test_every_routed_parameter_of_the_default_gets_no_gradient_from_other_tasks
     """For every parameter the default split routes (each layer4 block's last conv + norm and the
     downsample), the rows of another task's group get exactly zero gradient from a task, where joint
     training gives them one; the routed share of the shared parameters is what is printed at start."""
-    from projects.allinone.models.gradsplit import routed_parameters
+    from projects.allinone.routing.gradsplit.router import routed_parameters
     plain, split, grads = plain_and_identity
-    routed, unknown = routed_parameters(split.grad_split, split)
+    routed, unknown = routed_parameters(split.routing['grad_split'], split)
     assert sorted(routed) == sorted(ROUTED) and not unknown
     numel = {n: p.numel() for n, p in split.shared_parameters()}
-    report = split.grad_split.report(split)
+    report = split.routing['grad_split'].report(split)
     assert report['routed'] == sum(numel[n] for n in ROUTED) == 1_213_952
     assert report['share'] == pytest.approx(report['routed'] / sum(numel.values())) and report['share'] > 0.4
-    bounds = split.grad_split.group_bounds(256)
+    bounds = split.routing['grad_split'].group_bounds(256)
     for u, task in enumerate(TASKS):
         (_, g_plain), (_, g_split) = grads[task]
         for name in ROUTED:
@@ -143,15 +143,15 @@ def test_every_routed_parameter_of_the_default_gets_no_gradient_from_other_tasks
 def test_module_series_names(registered, model_cfg):
     """The stage name alone routes its output only (the last block's conv2 / bn2: about a fifth of the
     shared parameters); 'layer4.*' names every block, as the default."""
-    from projects.allinone.models.gradsplit import routed_parameters
+    from projects.allinone.routing.gradsplit.router import routed_parameters
     stage = build(model_cfg, grad_split=dict(modules=['backbone.layer4']))
-    routed, _ = routed_parameters(stage.grad_split, stage)
+    routed, _ = routed_parameters(stage.routing['grad_split'], stage)
     assert sorted(routed) == sorted(n for n in ROUTED if '.layer4.1.' in n)
-    assert stage.grad_split.report(stage)['share'] == pytest.approx(0.21, abs=0.01)
+    assert stage.routing['grad_split'].report(stage)['share'] == pytest.approx(0.21, abs=0.01)
     series = build(model_cfg, grad_split=dict(modules=['layer3.*', 'backbone.layer4.*']))
-    assert list(series.grad_split.split_modules) == ['backbone.layer3.0', 'backbone.layer3.1',
+    assert list(series.routing['grad_split'].split_modules) == ['backbone.layer3.0', 'backbone.layer3.1',
                                                      'backbone.layer4.0', 'backbone.layer4.1']
-    routed, unknown = routed_parameters(series.grad_split, series)
+    routed, unknown = routed_parameters(series.routing['grad_split'], series)
     assert set(ROUTED) < set(routed) and 'backbone.layer3.0.downsample.0.weight' in routed and not unknown
 
 
@@ -172,10 +172,10 @@ def test_a_relation_lets_a_task_train_other_groups(registered, model_cfg, plain_
     path = tmp_path / 'R.json'
     path.write_text(json.dumps({'tasks': ['cls', 'seg', 'det'], 'relation': [[1, 0, 0], [0, 1, 0], [0, 1, 1]]}))
     model = build(model_cfg, grad_split=dict(modules=['layer4'], relation=str(path)))
-    assert model.grad_split.relation.int().tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    assert model.routing['grad_split'].relation.int().tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
     _, g = task_grads(model, 'det', batches['det'])
     (_, g_plain), _ = grads['det']
-    (s0, e0), (s1, e1), (s2, e2) = model.grad_split.group_bounds(256)
+    (s0, e0), (s1, e1), (s2, e2) = model.routing['grad_split'].group_bounds(256)
     for rs, rp in zip(filter_rows(g), filter_rows(g_plain)):
         assert torch.equal(rs[s0:e1], rp[s0:e1])
         assert torch.count_nonzero(rs[s2:e2]) == 0
@@ -195,11 +195,11 @@ def test_inference_is_the_plain_network(plain_and_identity, batches):
             assert torch.equal(a[0].seg_logits.data, b[0].seg_logits.data)
     # even with gradients on, a prediction is not routed (no task is training)
     calls = []
-    split.grad_split.route = lambda *a: calls.append(a)
+    split.routing['grad_split'].route = lambda *a: calls.append(a)
     try:
         split.val_step({'cls': copy.deepcopy(batches['cls'])})
     finally:
-        del split.grad_split.route
+        del split.routing['grad_split'].route
     assert not calls
 
 
@@ -220,7 +220,7 @@ def test_with_a_matrix_aggregator_for_two_steps(registered, model_cfg, batches):
 
 
 def test_relation_and_group_errors(registered, model_cfg):
-    from projects.allinone.models.gradsplit import GradSplit, load_relation
+    from projects.allinone.routing.gradsplit.router import GradSplit, load_relation
     with pytest.raises(ValueError, match='3 x 3'):
         load_relation([[1, 0], [0, 1]], TASKS)
     with pytest.raises(ValueError, match='0 or 1'):
@@ -241,8 +241,8 @@ def test_vit_tokens_split_the_mlp_hidden_units(registered):
     """Default for a ViT: the MLP hidden units of the last quarter of the blocks, last dim of tokens."""
     from mmpretrain.models import VisionTransformer
 
-    from projects.allinone.models.gradsplit import GradSplit
-    from projects.allinone.models.routing import TaskContext
+    from projects.allinone.routing.gradsplit.router import GradSplit
+    from projects.allinone.routing.context import TaskContext
     split_key = 'backbone.layers.3.ffn.layers.0'
     torch.manual_seed(0)
     holder = nn.Module()
@@ -251,7 +251,7 @@ def test_vit_tokens_split_the_mlp_hidden_units(registered):
     ctx = TaskContext()
     split = GradSplit().attach(holder, ['a', 'b'], ctx)
     assert list(split.split_modules) == ['backbone.layers.3.ffn.layers.0']
-    from projects.allinone.models.gradsplit import routed_parameters
+    from projects.allinone.routing.gradsplit.router import routed_parameters
     assert routed_parameters(split, holder) == ({'backbone.layers.3.ffn.layers.0.0.weight': split_key,
                                                  'backbone.layers.3.ffn.layers.0.0.bias': split_key}, [])
     heads = GradSplit(modules=['layers.3.attn.proj:input']).attach(holder, ['a', 'b'], TaskContext())
@@ -322,7 +322,7 @@ def toy_batches(i):
 def test_relation_from_lookahead_affinity(toy_cfg, tmp_path):
     from types import SimpleNamespace
 
-    from projects.allinone.engine.hooks import GradSplitAffinityHook
+    from projects.allinone.routing.gradsplit import GradSplitAffinityHook
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
     model = build(toy_cfg)
     with pytest.raises(RuntimeError, match='GradSplitAffinityHook'):  # 'affinity' without its hook
@@ -331,7 +331,7 @@ def test_relation_from_lookahead_affinity(toy_cfg, tmp_path):
     runner = SimpleNamespace(model=model, optim_wrapper=wrapper, work_dir=str(tmp_path), iter=0)
     hook = GradSplitAffinityHook(warmup_iters=4, interval=2)
     hook.before_train(runner)
-    assert model.grad_split.relation.all()  # warm-up: plain joint training
+    assert model.routing['grad_split'].relation.all()  # warm-up: plain joint training
     state = {k: v.clone() for k, v in model.state_dict().items()}
     Z = hook.measure(toy_batches(0), lr=0.05)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # measuring changes nothing
@@ -344,7 +344,8 @@ def test_relation_from_lookahead_affinity(toy_cfg, tmp_path):
     saved = json.load(open(tmp_path / 'gradsplit_relation.json'))
     assert saved['tasks'] == ['a', 'b', 'c'] and saved['measurements'][0][0] == 2
     assert saved['relation'] == [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
-    assert model.grad_split.relation.int().tolist() == saved['relation'] and not model.grad_split.awaiting_affinity
+    split = model.routing['grad_split']
+    assert split.relation.int().tolist() == saved['relation'] and not split.awaiting_affinity
     # routing is on: c's loss reaches only c's group (channels 4-5) of the split layer
     model.zero_grad(set_to_none=True)
     model.task_loss('c', toy_batches(9)['c'])[0].backward()
@@ -352,13 +353,13 @@ def test_relation_from_lookahead_affinity(toy_cfg, tmp_path):
     assert torch.count_nonzero(w[:4]) == 0 and torch.count_nonzero(w[4:]) > 0
     # a later run reuses the file
     again = build(toy_cfg, grad_split=dict(modules=['lin'], relation=str(tmp_path / 'gradsplit_relation.json')))
-    assert again.grad_split.relation.int().tolist() == saved['relation']
+    assert again.routing['grad_split'].relation.int().tolist() == saved['relation']
 
 
 def run_affinity_warmup(model, tmp_path, **hook_kw):
     from types import SimpleNamespace
 
-    from projects.allinone.engine.hooks import GradSplitAffinityHook
+    from projects.allinone.routing.gradsplit import GradSplitAffinityHook
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
     wrapper = MultiTaskOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.005))
     runner = SimpleNamespace(model=model, optim_wrapper=wrapper, work_dir=str(tmp_path), iter=0)
@@ -388,7 +389,7 @@ def test_an_asymmetric_relation(toy_cfg, tmp_path):
     torch.testing.assert_close(score, Z / Z.diagonal()[None, :])
     assert 2 < score[1, 0] < 15 and 0.05 < score[0, 1] < 0.3 and score[2, 0] < 0 and score[0, 2] < 0, score
     assert saved['relation'] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
-    assert model.grad_split.relation.int().tolist() == saved['relation']
+    assert model.routing['grad_split'].relation.int().tolist() == saved['relation']
     # routing on: a's loss no longer reaches b's group (channels 2-3); b's reaches a's and its own
     for task, zero, nonzero in (('a', slice(2, 6), slice(0, 2)), ('b', slice(4, 6), slice(0, 4))):
         model.zero_grad(set_to_none=True)
@@ -396,5 +397,5 @@ def test_an_asymmetric_relation(toy_cfg, tmp_path):
         w = model.backbone.lin.weight.grad
         assert torch.count_nonzero(w[zero]) == 0 and bool((w[nonzero].abs().sum(1) > 0).all()), task
     with pytest.raises(ValueError, match='normalize'):
-        from projects.allinone.engine.hooks import GradSplitAffinityHook
+        from projects.allinone.routing.gradsplit import GradSplitAffinityHook
         GradSplitAffinityHook(normalize='cosine')

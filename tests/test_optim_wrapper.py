@@ -61,7 +61,7 @@ def run_wrapper(model, wrapper, batch, scales=None):
     with wrapper.optim_context(model):
         for task, x in batch.items():
             wrapper.backward_task(task, model.loss(task, x, (scales or {}).get(task, 1.0)))
-    wrapper.update_tasks(model)
+    wrapper.update_tasks()
 
 
 def sgd(model):
@@ -470,3 +470,50 @@ def test_tbgc_matrix_and_streaming_paths_agree_on_the_competition_model(register
         assert norm > 0.12  # the clip binds for every task
         assert stats[f'{t}.grad_norm_agg'] == pytest.approx(0.1, rel=1e-5), t
         assert stats[f'{t}.weight'] == pytest.approx(min(1.0, 0.1 / (norm + 1e-6)), rel=1e-5), t  # streaming's
+
+
+def test_task_grad_hooks_see_each_task_gradient_alone():
+    """Observers registered on the wrapper get every task's gradient when it is final, alone in .grad;
+    a removed hook is not called again."""
+    model = TinyMTL()
+    batch = batches()[0]
+    expected = {}
+    for task, x in batch.items():  # reference: each task's backward on its own
+        model.zero_grad(set_to_none=True)
+        model.loss(task, x).backward()
+        expected[task] = [p.grad.clone() for p in model.shared.parameters()] + \
+                         [p.grad.clone() for p in model.heads[task].parameters()]
+    model.zero_grad(set_to_none=True)
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=dict(type='SumAggregator'), stats_interval=0)
+    seen = []
+
+    def hook(task, shared, own):
+        seen.append(task)
+        for got, want in zip([p.grad for p in shared + own], expected[task]):
+            torch.testing.assert_close(got, want)
+
+    handle = wrapper.register_task_grad_hook(hook)
+    run_wrapper(model, wrapper, batch)
+    assert seen == ['a', 'b'] and wrapper.task_grad_hooks == [hook]
+    handle.remove()
+    run_wrapper(model, wrapper, batch)
+    assert seen == ['a', 'b'] and wrapper.task_grad_hooks == []
+
+
+def test_grad_sync_is_set_once():
+    from projects.allinone.engine.optim_wrappers import GradSync
+    model = TinyMTL()
+    wrapper = MultiTaskOptimWrapper(sgd(model))
+    assert type(wrapper.grad_sync) is GradSync  # one process: the do-nothing sync
+
+    class Sync(GradSync):
+        pass
+
+    sync = Sync()
+    wrapper.use_grad_sync(sync)
+    wrapper.use_grad_sync(sync)  # the same one again: nothing changes
+    assert wrapper.grad_sync is sync
+    with pytest.raises(RuntimeError, match='already synchronised'):
+        wrapper.use_grad_sync(Sync())
+    with pytest.raises(TypeError, match='must be a GradSync'):
+        wrapper.use_grad_sync(object())

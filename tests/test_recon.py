@@ -87,7 +87,7 @@ def wrapper_for(model, lr=0.1):
 
 # ---------------------------------------------------------------------- search
 def run_search(model, tmp_path, iters=12, **hook_kw):
-    from projects.allinone.engine.hooks import ReconSearchHook
+    from projects.allinone.routing.recon import ReconSearchHook
     wrapper = wrapper_for(model, lr=0.01)
     runner = SimpleNamespace(model=model, optim_wrapper=wrapper, work_dir=str(tmp_path), iter=iters)
     hook = ReconSearchHook(out_dir=str(tmp_path / 'search'), **hook_kw)
@@ -97,12 +97,12 @@ def run_search(model, tmp_path, iters=12, **hook_kw):
         model.train_step(toy_batches(100 + i), wrapper)
         hook.after_train_iter(runner, i)
     hook.after_train(runner)
-    assert '_after_task_backward' not in wrapper.__dict__  # the wrapper is given back unpatched
+    assert not wrapper.task_grad_hooks  # the wrapper is given back without the search's hook
     return hook
 
 
 def test_search_ranks_the_conflicting_layer_first(toy, tmp_path):
-    from projects.allinone.models.recon import rank_layers
+    from projects.allinone.routing.recon.report import rank_layers
     model = build(toy)
     hook = run_search(model, tmp_path)
     report = json.load(open(hook.report_path))
@@ -119,17 +119,17 @@ def test_search_ranks_the_conflicting_layer_first(toy, tmp_path):
             assert rank_layers(report, S, score)[0]['name'] == CONFLICT
     assert all(r['conflicts'] == 0 for r in rank_layers(report, -1.0))
     assert all(r['conflicts'] == r['observations'] for r in rank_layers(report, 1.0))
-    from projects.allinone.engine.hooks.recon_search_hook import format_ranking
+    from projects.allinone.routing.recon.report import format_ranking
     assert CONFLICT in format_ranking(report, top=1).splitlines()[2]
     assert len(format_ranking(report, top=0).splitlines()) == 2  # header only (the tool's --top 0)
     # where the cosines lie, to choose S by: 12 of the 12 x 4 layer observations are conf's, near -1
-    from projects.allinone.models.recon import cosine_quantiles
+    from projects.allinone.routing.recon.report import cosine_quantiles
     q = cosine_quantiles(report, (0.1, 0.5))
     assert q[0.1] < -0.9 and q[0.5] > q[0.1]
 
 
 def test_every_shared_parameter_is_in_exactly_one_scored_layer(toy, registered):
-    from projects.allinone.engine.hooks.recon_search_hook import GradConflictRecorder, shared_layers
+    from projects.allinone.routing.recon.search_hook import GradConflictRecorder, shared_layers
     from projects.allinone.registry import MODELS
     models = [build(toy), MODELS.build(Config.fromfile(DEMO_CFG).model)]
     for model in models:
@@ -146,7 +146,7 @@ def test_every_shared_parameter_is_in_exactly_one_scored_layer(toy, registered):
 
 
 def test_recorder_cosines_match_a_direct_computation(toy):
-    from projects.allinone.engine.hooks.recon_search_hook import GradConflictRecorder, shared_layers
+    from projects.allinone.routing.recon.search_hook import GradConflictRecorder, shared_layers
     model = build(toy)
     rec = GradConflictRecorder(shared_layers(model), model.task_names, bin_width=0.01)
     grads = {}
@@ -171,7 +171,7 @@ LAYERS = ['backbone.conf', 'backbone.norm', 'stem']  # a name of the backbone wo
 def test_conversion_keeps_every_tasks_outputs(toy):
     plain = build(toy, seed=0)
     conv = build(toy, seed=0, recon=dict(layers=LAYERS))
-    assert conv.recon_layers == ['backbone.conf', 'backbone.norm', 'backbone.stem']
+    assert conv.routing['recon'].layers == ['backbone.conf', 'backbone.norm', 'backbone.stem']
     batches = toy_batches(7)
     p, c = predictions(plain, batches), predictions(conv, batches)
     for t in batches:
@@ -286,11 +286,11 @@ def test_init_weights_starts_every_copy_alike(toy):
 
 
 def test_layers_from_a_search_report(toy, tmp_path):
-    from projects.allinone.models.recon import select_layers
+    from projects.allinone.routing.recon.report import select_layers
     hook = run_search(build(toy), tmp_path)
     report = json.load(open(hook.report_path))
     conv = build(toy, recon=dict(report=hook.report_path, top_k=1))
-    assert conv.recon_layers == [CONFLICT]
+    assert conv.routing['recon'].layers == [CONFLICT]
     assert select_layers(report, top_k=1, score='normalized') == [CONFLICT]
     numel = {lay['name']: lay['numel'] for lay in report['layers']}
     budget = numel[CONFLICT] / report['shared_params']  # room for exactly one copy of conf (T - 1 = 1)
@@ -331,7 +331,7 @@ def test_collapsed_checkpoint_reproduces_the_tasks_predictions(toy, tmp_path):
         single_cfg = Config.fromfile(str(tmp_path / 'out' / f'{t}.py'))
         assert list(k for k, v in single_cfg.model.tasks.items() if v is not None) == [t]
         single = MODELS.build(single_cfg.model)
-        assert single.task_names == [t] and not single.recon_layers
+        assert single.task_names == [t] and 'recon' not in single.routing
         single.load_state_dict(state['state_dict'], strict=True)
         assert torch.equal(predictions(single, {t: batches[t]})[t], ref[t])
 
@@ -406,10 +406,10 @@ def test_search_tool_on_the_demo(demo_data, tmp_path):
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone_demo_recon.py'))
     cfg.model.recon = dict(report=str(tmp_path / 'r' / 'recon_report.json'), top_k=3, threshold=-0.02)
     model = MODELS.build(cfg.model)
-    assert model.recon_layers == [lay['name'] for lay in report['layers'][:3]]
+    assert model.routing['recon'].layers == [lay['name'] for lay in report['layers'][:3]]
     load_checkpoint(model, str(tmp_path / 'w' / 'iter_2.pth'), strict=True, map_location='cpu')
     search_sd = torch.load(str(tmp_path / 'w' / 'iter_2.pth'), weights_only=False)['state_dict']
-    name = model.recon_layers[0]
+    name = model.routing['recon'].layers[0]
     for t in model.task_names:
         copy_sd = dict(model.named_modules())[f'{name}.copies.{t}'].state_dict()
         assert all(torch.equal(v, search_sd[f'{name}.{k}']) for k, v in copy_sd.items())
@@ -419,6 +419,6 @@ def test_example_configs_build(registered):
     from projects.allinone.registry import MODELS
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone_demo_gradsplit.py'))
     model = MODELS.build(cfg.model)
-    assert list(model.grad_split.split_modules) == ['backbone.layer4.0', 'backbone.layer4.1']
+    assert list(model.routing['grad_split'].split_modules) == ['backbone.layer4.0', 'backbone.layer4.1']
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone_demo_recon.py'))
     assert cfg.model.recon.param_budget == 0.05

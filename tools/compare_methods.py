@@ -60,8 +60,8 @@ def child_config(base: str, method: str, path: str, max_iters=None, val_points=4
     ``model.tasks`` and in each loader and evaluator dict)."""
     from mmengine.config import Config
 
-    from projects.allinone.engine.aggregators import method_config_overrides
-    from projects.allinone.engine.aggregators.presets import merge_overrides
+    from projects.allinone.methods import method_config_overrides
+    from projects.allinone.methods import merge_overrides
     from projects.allinone.utils.method_table import SINGLE, is_single
     from projects.allinone.utils.schedule import scale_schedulers
     over = method_config_overrides('vanilla' if is_single(method) else method, **context)
@@ -230,7 +230,7 @@ def compare_seeds(args):
 
     from mmengine.config import Config
 
-    from projects.allinone.engine.aggregators import changes_train_loop, method_config_overrides, method_context_keys
+    from projects.allinone.methods import changes_train_loop, method_config_overrides, method_context_keys
     from projects.allinone.utils import method_table as mt
     base = Config.fromfile(args.config)
     tasks = [t for t, v in base.model.tasks.items() if v is not None]
@@ -411,7 +411,7 @@ def main(argv=None):
     if args.seeds:
         return compare_seeds(args)
 
-    from projects.allinone.engine.aggregators import changes_train_loop, method_config_overrides, method_context_keys
+    from projects.allinone.methods import changes_train_loop, method_config_overrides, method_context_keys
     for m in args.methods:  # fail on a typo before hours of training
         method_config_overrides(m)
     from mmengine.config import Config

@@ -83,7 +83,7 @@ def main(argv=None):
     from mmengine.runner.checkpoint import _load_checkpoint
 
     import projects.allinone  # noqa: F401
-    from projects.allinone.models.recon import collapse_state_dict
+    from projects.allinone.routing.recon.collapse import collapse_state_dict
     from projects.allinone.registry import MODELS
     from projects.allinone.utils.cli import REPO_ROOT
 
@@ -98,7 +98,9 @@ def main(argv=None):
         model = MODELS.build(copy.deepcopy(cfg.model))
     finally:
         os.chdir(cwd)
-    if not model.recon_layers:
+    recon = model.routing.get('recon')
+    layers = recon.layers if recon is not None else []
+    if not layers:
         print(f'note: {config} converts no layer (model.recon); the checkpoints are split per task only')
     state = _load_checkpoint(ckpt, map_location='cpu')
     sd = state.get('state_dict', state)
@@ -112,7 +114,7 @@ def main(argv=None):
     meta = dict(state.get('meta') or {})
     for task in tasks:
         native = args.format == 'native'
-        plain = collapse_state_dict(sd, task, model.recon_layers, model.task_names, native=native)
+        plain = collapse_state_dict(sd, task, layers, model.task_names, native=native)
         path = osp.join(out, f'{task}.pth')
         cfg_path = osp.join(out, f'{task}.py')
         if native:
@@ -123,7 +125,7 @@ def main(argv=None):
             built = MODELS.build(copy.deepcopy(task_cfg.model))
         built.load_state_dict(plain, strict=True)
         torch.save(dict(state_dict=plain, meta=dict(meta, recon_collapsed_from=ckpt, task=task,
-                                                    recon_layers=list(model.recon_layers), format=args.format)),
+                                                    recon_layers=list(layers), format=args.format)),
                    path)
         task_cfg.dump(cfg_path)
         print(f'{task}: {path} ({len(plain)} tensors), config {cfg_path}')

@@ -3,7 +3,7 @@
 Importing this package (``custom_imports=dict(imports=['projects.allinone'])``) registers its
 model, loops, optim wrappers, aggregators and transforms into the mmdet-scoped registries.
 """
-from . import datasets, engine, evaluation, models, visualization  # noqa: F401
+from . import datasets, engine, evaluation, models, routing, visualization  # noqa: F401
 from .engine import register_checkpoint_safe_globals
 
 register_checkpoint_safe_globals()

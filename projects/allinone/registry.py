@@ -16,5 +16,9 @@ from mmengine.registry import MODEL_WRAPPERS, Registry
 AGGREGATORS = Registry('gradient aggregator', scope='allinone',
                        locations=['projects.allinone.engine.aggregators'])
 
-__all__ = ['AGGREGATORS', 'DATASETS', 'HOOKS', 'LOOPS', 'METRICS', 'MODELS', 'MODEL_WRAPPERS',
+#: Model-side methods (routing inside the shared layers: GradSplit, Recon), registered under the
+#: model config key that turns them on (``grad_split``, ``recon``; see ``projects/allinone/routing``).
+ROUTING = Registry('routing method', scope='allinone', locations=['projects.allinone.routing'])
+
+__all__ = ['AGGREGATORS', 'ROUTING', 'DATASETS', 'HOOKS', 'LOOPS', 'METRICS', 'MODELS', 'MODEL_WRAPPERS',
            'OPTIM_WRAPPERS', 'TRANSFORMS']

@@ -186,7 +186,7 @@ def wrapper_step(model, wrapper, batch):
     with wrapper.optim_context(model):
         for task, x in batch.items():
             wrapper.backward_task(task, model.loss(task, x))
-    wrapper.update_tasks(model)
+    wrapper.update_tasks()
 
 
 def reference_step(model, agg, batch, lr=1.0):

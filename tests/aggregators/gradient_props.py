@@ -145,7 +145,7 @@ def check_through_optim_wrapper(name):
     with wrapper.optim_context(model):
         for t, x in batch.items():
             wrapper.backward_task(t, model.loss(t, x))
-    wrapper.update_tasks(model)
+    wrapper.update_tasks()
 
     after = [p.detach() for p in model.parameters()]
     assert all(torch.isfinite(p).all() for p in after)

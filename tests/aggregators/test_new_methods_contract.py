@@ -4,8 +4,9 @@ import pytest
 import torch
 from agg_props import TASKS, random_grads
 
-from projects.allinone.engine.aggregators import (METHOD_PRESETS, GramianAggregator, LinearAggregator,
-                                                  method_optim_overrides)
+from projects.allinone.engine.aggregators import GramianAggregator, LinearAggregator
+
+from projects.allinone.methods import METHOD_PRESETS, method_optim_overrides
 from projects.allinone.engine.aggregators.base import build_aggregator
 
 #: preset name -> (class, family)

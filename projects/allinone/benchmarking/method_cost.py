@@ -27,7 +27,7 @@ def make_wrapper(method, model):
     import torch
     from mmengine.optim import OptimWrapper
 
-    from projects.allinone.engine.aggregators import method_optim_overrides
+    from projects.allinone.methods import method_optim_overrides
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if method == 'joint':
@@ -39,7 +39,7 @@ def make_wrapper(method, model):
 
 def model_overrides(method, context):
     """The ``model`` overrides of a method (``None``: the plain demo model)."""
-    from projects.allinone.engine.aggregators import method_config_overrides
+    from projects.allinone.methods import method_config_overrides
     if method == 'joint':
         return None
     return method_config_overrides(method, **(context or {})).get('model')
@@ -100,7 +100,7 @@ def measure(methods, data, steps=10, warmup=2, threads=2, memory=True, context=N
 
     ``context``: what model-side methods need (``recon_report=PATH``). Methods with their own
     training loop are left out (``skipped``: method -> reason)."""
-    from projects.allinone.engine.aggregators import changes_train_loop
+    from projects.allinone.methods import changes_train_loop
     context = {k: v for k, v in (context or {}).items() if v is not None}
     skipped = {m: 'own training loop (train_cfg type): not one optim-wrapper step'
                for m in methods if changes_train_loop(m)}

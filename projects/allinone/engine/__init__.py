@@ -1,6 +1,5 @@
 from .aggregators import *  # noqa: F401,F403
 from .checkpoint import register_checkpoint_safe_globals
-from .drmgf import DRMGF, DRMGFTrainLoop
 from .ema import TiedExpMomentumEMA, TiedExponentialMovingAverage
 from .hooks import AugBranchHook, ProgressBarHook, RandomStateHook
 from .layer_decay import AllInOneLayerDecayConstructor
@@ -10,7 +9,7 @@ from .model_wrappers import MultiTaskDistributedDataParallel
 from .optim_wrappers import MultiTaskAmpOptimWrapper, MultiTaskOptimWrapper
 from .tta import MultiTaskTTAModel, use_tta
 
-__all__ = ['AllInOneLayerDecayConstructor', 'AugBranchHook', 'DRMGF', 'DRMGFTrainLoop', 'MultiTaskAmpOptimWrapper',
+__all__ = ['AllInOneLayerDecayConstructor', 'AugBranchHook', 'MultiTaskAmpOptimWrapper',
            'MultiTaskDistributedDataParallel', 'MultiTaskLogProcessor', 'MultiTaskOptimWrapper', 'MultiTaskTestLoop',
            'MultiTaskTrainLoop', 'MultiTaskTTAModel', 'MultiTaskValLoop', 'ProgressBarHook', 'RandomStateHook',
            'TiedExpMomentumEMA', 'TiedExponentialMovingAverage', 'register_checkpoint_safe_globals', 'use_tta']

@@ -12,12 +12,10 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
 from ..registry import MODELS
-from .gradsplit import build_grad_split
+from ..routing.base import RoutingMethod, build_routing, routing_order
+from ..routing.context import TaskContext
 from .pretrained import (check_load_report, describe_source, format_load_report, load_report,
                          pretrained_checkpoint, recording_loads)
-from .recon import (convert_layers, resolve_recon_layers, sync_task_copies, task_copy_parameter_ids,
-                    task_copy_parameters)
-from .routing import TaskContext
 
 PASS_THROUGH = 'SharedFeatures'
 
@@ -47,8 +45,10 @@ class AllInOneModel(BaseModel):
             outputs, and its parameters count as shared, so the gradient methods act on backbone +
             neck. A neck inside a task's config stays that task's own. This is how a user chooses
             what is shared: backbone only (necks in the tasks) or backbone + shared neck.
-        grad_split: GradSplit in the shared layers (``models/gradsplit.py``; default: none).
-        recon: Recon per-task copies of shared layers (``models/recon.py``; default: none).
+        **routing: the model-side methods, by their ``ROUTING`` registry name (``grad_split=dict(...)``:
+            GradSplit; ``recon=dict(...)``: Recon; see ``projects/allinone/routing``). Each is built
+            and attached after the tasks, and reached through the :class:`RoutingMethod` protocol
+            only; :attr:`routing` holds them by name.
     """
 
     def __init__(self,
@@ -56,10 +56,9 @@ class AllInOneModel(BaseModel):
                  tasks: Dict[str, dict],
                  task_loss_weights: Optional[Dict[str, float]] = None,
                  neck: Optional[dict] = None,
-                 grad_split: Optional[dict] = None,
-                 recon: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
-                 init_cfg=None):
+                 init_cfg=None,
+                 **routing):
         # the top-level preprocessor only moves data to the device; each task normalises its own
         super().__init__(data_preprocessor=data_preprocessor or dict(type='BaseDataPreprocessor'),
                          init_cfg=init_cfg)
@@ -80,11 +79,13 @@ class AllInOneModel(BaseModel):
             raise KeyError(f'model.task_loss_weights names unknown task(s) {sorted(unknown)}; '
                            f'tasks are {list(self.tasks)}')
         self.task_loss_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
-        # which task's forward runs: read by Recon's per-task layers and GradSplit's hooks
-        self._task_context = TaskContext()
-        self.recon_layers = [] if recon is None or recon is False else convert_layers(
-            self, resolve_recon_layers(recon, len(self.tasks)), self.task_names, self._task_context)
-        self.grad_split = build_grad_split(grad_split, self, self.task_names, self._task_context)
+        # which task's forward runs: read by the routing methods inside the shared layers
+        self.task_context = TaskContext()
+        self.routing: Dict[str, RoutingMethod] = OrderedDict()
+        for key in routing_order(list(routing)):
+            method = build_routing(key, routing[key], self, self.task_names, self.task_context)
+            if method is not None:
+                self.routing[key] = method
 
     @staticmethod
     def _build_task(name: str, cfg: dict) -> BaseModel:
@@ -115,7 +116,8 @@ class AllInOneModel(BaseModel):
 
     def shared_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
         """Trainable parameters every task's loss reaches (the backbone and the shared neck, if any)."""
-        per_task = task_copy_parameter_ids(self)  # Recon's copies belong to their task
+        per_task = {id(p) for t in self.tasks for m in self.routing.values()  # e.g. Recon's copies
+                    for _, p in m.task_parameters(self, t)}
         for n, p in self.backbone.named_parameters(prefix='backbone'):
             if p.requires_grad and id(p) not in per_task:
                 yield n, p
@@ -125,11 +127,12 @@ class AllInOneModel(BaseModel):
                     yield n, p
 
     def task_parameters(self, task: str) -> Iterator[Tuple[str, nn.Parameter]]:
-        """Trainable parameters only ``task``'s loss reaches (its necks, heads, Recon copies)."""
+        """Trainable parameters only ``task``'s loss reaches (its necks, heads, and what routing methods give it)."""
         for n, p in self.tasks[task].named_parameters(prefix=f'tasks.{task}'):
             if p.requires_grad:
                 yield n, p
-        yield from task_copy_parameters(self, task)
+        for method in self.routing.values():
+            yield from method.task_parameters(self, task)
 
     def parameter_partition(self) -> Dict[str, List[nn.Parameter]]:
         """``{'shared': [...], task: [...]}`` for the per-task gradient optim wrapper."""
@@ -150,7 +153,8 @@ class AllInOneModel(BaseModel):
             check_load_report(report, source, pretrained_checkpoint(init_cfg)[1])
             level = logging.WARNING if report['missing'] or report['mismatched'] else logging.INFO
             print_log(format_load_report(report, source), logger='current', level=level)
-        sync_task_copies(self)  # Recon: every task's copy starts from the same initial weights
+        for method in self.routing.values():
+            method.after_init_weights(self)
 
     # ------------------------------------------------------------------ forward
     def _check_task(self, task: str) -> BaseModel:
@@ -170,7 +174,7 @@ class AllInOneModel(BaseModel):
         """Preprocess ``batch`` with the task's own preprocessor and return its weighted loss."""
         model = self._check_task(task)
         batch = model.data_preprocessor(batch, True)
-        with self._task_context.running(task, train=True):
+        with self.task_context.running(task, train=True):
             feats = self.extract_feat(batch['inputs'])
         losses = model.loss(feats, batch['data_samples'])
         loss, log_vars = self.parse_losses(losses)
@@ -203,7 +207,7 @@ class AllInOneModel(BaseModel):
                 else:
                     total = total + loss
         if per_task:
-            optim_wrapper.update_tasks(self)
+            optim_wrapper.update_tasks()
         else:
             optim_wrapper.update_params(total)
         log_vars['loss'] = sum(v for k, v in log_vars.items() if k.endswith('.loss'))
@@ -215,7 +219,7 @@ class AllInOneModel(BaseModel):
         (task, batch), = data.items()
         model = self._check_task(task)
         batch = model.data_preprocessor(batch, False)
-        with self._task_context.running(task):
+        with self.task_context.running(task):
             feats = self.extract_feat(batch['inputs'])
         return model.predict(feats, batch['data_samples'])
 
@@ -234,7 +238,7 @@ class AllInOneModel(BaseModel):
 
         ``task=None`` with ``mode='tensor'`` returns the shared backbone features.
         """
-        with self._task_context.running(task, train=mode == 'loss'):
+        with self.task_context.running(task, train=mode == 'loss'):
             feats = self.extract_feat(inputs)
         if task is None:
             if mode != 'tensor':

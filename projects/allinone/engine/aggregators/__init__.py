@@ -31,16 +31,13 @@ from .graddrop import GradDropAggregator
 from .stch import STCHAggregator
 from .gls import GLSAggregator
 from .imtl_l import IMTLLAggregator
-from .presets import (METHOD_CONTEXT, METHOD_PRESETS, MODEL_METHODS, changes_train_loop, method_config_overrides,
-                      method_context_keys, method_optim_overrides, split_method)
 
 __all__ = ['AggregateResult', 'GradAggregator', 'LinearAggregator', 'SumAggregator', 'TBGCAggregator',
            'DWAAggregator', 'EqualAggregator', 'FAMOAggregator', 'GradNormAggregator', 'MaxGNRAggregator',
            'RLWAggregator', 'UncertaintyAggregator',
            'AlignedMTLAggregator', 'CAGradAggregator', 'GradVacAggregator', 'IMTLGAggregator', 'MGDAAggregator',
-           'NashMTLAggregator', 'PCGradAggregator', 'ChainAggregator', 'METHOD_PRESETS', 'method_optim_overrides',
-           'MODEL_METHODS', 'METHOD_CONTEXT', 'split_method', 'method_config_overrides', 'method_context_keys',
-           'changes_train_loop', 'GramianAggregator', 'UPGradAggregator', 'DualProjAggregator',
+           'NashMTLAggregator', 'PCGradAggregator', 'ChainAggregator',
+           'GramianAggregator', 'UPGradAggregator', 'DualProjAggregator',
            'FairGradAggregator', 'ConFIGAggregator', 'CRMOGMAggregator', 'IMTLAggregator', 'DBMTLAggregator',
            'MoCoAggregator', 'ExcessMTLAggregator', 'GradDropAggregator', 'STCHAggregator', 'GLSAggregator',
            'IMTLLAggregator']

@@ -60,6 +60,7 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from ...registry import MODEL_WRAPPERS
+from ..optim_wrappers.grad_sync import GradSync
 
 MODES = ('exact', 'approximate')
 
@@ -137,7 +138,7 @@ class _TaskReduction:
         return extra
 
 
-class TaskGradSync:
+class TaskGradSync(GradSync):
     """The collectives of one data-parallel multi-task step (called by ``MultiTaskOptimWrapper``).
 
     ``counters`` adds up what went over the wire: ``allreduce_bytes`` / ``allreduce_calls`` (task
@@ -423,7 +424,7 @@ class MultiTaskDistributedDataParallel(nn.Module):
             self._synced = True
         elif self.broadcast_buffers:
             sync.broadcast(list(self.module.buffers()))
-        optim_wrapper.grad_sync = sync
+        optim_wrapper.use_grad_sync(sync)
         if not sync.exact and not self._warned and not getattr(optim_wrapper, 'streaming', True):
             print_log(f'approximate mode with {type(optim_wrapper.aggregator).__name__} (matrix path): each rank '
                       'aggregates its local task gradients and the results are averaged; use mode="exact" '

@@ -1,3 +1,4 @@
-from .multitask_optim_wrapper import MultiTaskAmpOptimWrapper, MultiTaskOptimWrapper
+from .grad_sync import GradSync
+from .multitask_optim_wrapper import CombinedStep, MultiTaskAmpOptimWrapper, MultiTaskOptimWrapper, TaskGradHook
 
-__all__ = ['MultiTaskAmpOptimWrapper', 'MultiTaskOptimWrapper']
+__all__ = ['CombinedStep', 'GradSync', 'MultiTaskAmpOptimWrapper', 'MultiTaskOptimWrapper', 'TaskGradHook']

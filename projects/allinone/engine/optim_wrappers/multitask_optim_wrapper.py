@@ -2,15 +2,23 @@
 import logging
 import math
 from collections import Counter, OrderedDict
-from typing import Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from ...registry import OPTIM_WRAPPERS
 from ..aggregators.base import NORM_CHUNK, GradAggregator, build_aggregator
+from .grad_sync import GradSync
+
+#: ``hook(task, shared, own)``: called once per task and micro-step when its gradients are final (after
+#: the data-parallel all-reduce), while ``.grad`` of ``shared`` + ``own`` holds that task's gradient alone
+#: (in the loss-scaled space under AMP). Observers read it there; they must not change it.
+TaskGradHook = Callable[[str, List[nn.Parameter], List[nn.Parameter]], None]
 
 
 def _total_norm(grads: Sequence[Tensor]) -> float:
@@ -34,6 +42,19 @@ def _add_scaled(acc: List[Optional[Tensor]], grads: List[Optional[Tensor]], fact
     for i, (a, g) in enumerate(zip(acc, grads)):
         if a is None and g is not None:
             acc[i] = g.mul_(factor)
+
+
+@dataclass
+class CombinedStep:
+    """One micro-step's aggregation: the combined shared gradient (in the ``.grad`` space), and what
+    the log shows of it."""
+    tasks: List[str]
+    grads: List[Optional[Tensor]]   # per shared parameter
+    weights: Tensor                 # the weight of each task's shared gradient in the combination
+    head_scales: Tensor             # the factor on each task's own-parameter gradient
+    norms: Tensor                   # each task's shared gradient norm (unscaled, before aggregation)
+    losses: Tensor
+    cos: Optional[Tensor] = None    # pairwise cosines of the task gradients, on stats updates
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -63,13 +84,14 @@ class MultiTaskOptimWrapper(OptimWrapper):
     With ``accumulative_counts=k`` each micro-step is aggregated on its own and the update is the
     mean of the k aggregated gradients.
 
-    Data parallel: ``MultiTaskDistributedDataParallel`` attaches a ``TaskGradSync`` as
-    ``grad_sync``, which the hooks ``_before_task_backward`` / ``_after_task_backward`` (exact mode:
-    each bucket of the task's gradients is all-reduced asynchronously as soon as the backward has
-    produced it, and waited for only when the task's gradients are needed: at the next task's
-    ``backward_task`` or at :meth:`update_tasks`, so the transfer overlaps the rest of the backward
-    and the next task's forward), ``_sync_task_stats`` (approximate mode: average the norms) and
-    ``_before_step`` (approximate mode: average the combined gradient) call.
+    Data parallel: the wrapper calls its ``grad_sync`` (:class:`GradSync`, a do-nothing one in one
+    process) at fixed points; ``MultiTaskDistributedDataParallel`` hands it a ``TaskGradSync`` with
+    :meth:`use_grad_sync` (exact mode: each bucket of a task's gradients is all-reduced as soon as the
+    backward has produced it, and waited for at the next task's ``backward_task`` or at
+    :meth:`update_tasks`; approximate mode: the norms and the combined gradient are averaged).
+
+    Observers of the per-task gradients (the Recon search, statistics) register with
+    :meth:`register_task_grad_hook` and are called when each task's gradient is final.
 
     The non-finite skip counters and the aggregator's state are part of :meth:`state_dict` (so of
     every checkpoint).
@@ -100,11 +122,34 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self._shared: Optional[List[nn.Parameter]] = None
         self._own: Dict[str, List[nn.Parameter]] = {}
         self.skipped = Counter()          # task -> number of non-finite steps skipped
-        self.grad_sync = None             # set by MultiTaskDistributedDataParallel (TaskGradSync)
+        self.grad_sync: GradSync = GradSync()  # one process; data parallel: use_grad_sync
+        self._task_grad_hooks: Dict[int, TaskGradHook] = OrderedDict()
         self._pending_task = None         # (task, loss value) whose gradients are still being reduced
         self.last_stats: Dict[str, float] = {}
         self._contributed = False         # any finite task gradient since the last step
         self._reset_pass()
+
+    def use_grad_sync(self, sync: GradSync) -> None:
+        """Synchronise the task gradients with ``sync`` from now on (data parallel; set once)."""
+        if not isinstance(sync, GradSync):
+            raise TypeError(f'grad_sync must be a GradSync, got {type(sync).__name__}')
+        if sync is self.grad_sync:
+            return
+        if type(self.grad_sync) is not GradSync:
+            raise RuntimeError('this optim wrapper is already synchronised by another data-parallel wrapper')
+        self.grad_sync = sync
+
+    def register_task_grad_hook(self, hook: TaskGradHook) -> RemovableHandle:
+        """Call ``hook(task, shared, own)`` whenever a task's gradient is final (see ``TaskGradHook``);
+        ``handle.remove()`` unregisters it."""
+        handle = RemovableHandle(self._task_grad_hooks)
+        self._task_grad_hooks[handle.id] = hook
+        return handle
+
+    @property
+    def task_grad_hooks(self) -> List[TaskGradHook]:
+        """The registered per-task gradient hooks, in call order."""
+        return list(self._task_grad_hooks.values())
 
     @property
     def is_bound(self) -> bool:
@@ -159,7 +204,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
         """Matrix path for this update: non-streaming aggregators, or a stats update."""
         if not self.streaming:
             return True
-        if self.grad_sync is not None and not self.grad_sync.exact:
+        if not self.grad_sync.exact:
             return False  # approximate data parallel: the rows would be rank-local gradients
         return self._stats_due()
 
@@ -183,6 +228,20 @@ class MultiTaskOptimWrapper(OptimWrapper):
         A task without a batch in this step is left out of the step (no call); under data parallel
         every rank must then leave it out (``MultiTaskDistributedDataParallel`` checks).
         """
+        self._check_task_call(task, loss)
+        self._finish_pending()  # the previous task's gradients, once final (data parallel)
+        shared, own = self._shared, self._own[task]
+        self._stash_grads(task, shared, own)
+        loss_value = float(loss.detach())
+        self.grad_sync.before_task_backward(task, shared, own, loss_value)
+        self._backward(loss)
+        self.grad_sync.end_task_backward()  # launch what the backward left, before any other collective
+        self._tasks_seen.append(task)
+        self._pending_task = (task, loss_value)
+        if not self.grad_sync.overlaps:
+            self._finish_pending()
+
+    def _check_task_call(self, task: str, loss: Optional[Tensor]) -> None:
         if loss is None:
             raise ValueError(f'task {task!r}: no loss (loss=None); a task without a batch in this step is left '
                              'out of it (every rank must draw the same tasks under data parallel)')
@@ -193,22 +252,15 @@ class MultiTaskOptimWrapper(OptimWrapper):
             raise KeyError(f'unknown task {task!r}; the wrapper was bound to {list(self._own)}')
         if task in self._tasks_seen:
             raise RuntimeError(f'task {task!r} was backed twice in one iteration')
-        self._finish_pending()  # the previous task's reduced gradients (data parallel)
-        shared, own = self._shared, self._own[task]
+
+    def _stash_grads(self, task: str, shared: List[nn.Parameter], own: List[nn.Parameter]) -> None:
+        """Put the gradients already in ``.grad`` aside (earlier micro-steps of an accumulation), so that
+        the task's backward leaves its own gradient alone there."""
         if self._shared_stash is None:  # running total of earlier micro-steps (None in a plain step)
             self._shared_stash = [p.grad for p in shared]
         self._own_stash[task] = [p.grad for p in own]
         for p in shared + own:
             p.grad = None
-        loss_value = float(loss.detach())
-        self._before_task_backward(task, shared, own, loss_value)
-        self._backward(loss)
-        if self.grad_sync is not None:  # launch what the backward did not complete, before any other collective
-            self.grad_sync.end_task_backward()
-        self._tasks_seen.append(task)
-        self._pending_task = (task, loss_value)
-        if not self._overlaps():
-            self._finish_pending()
 
     def _finish_pending(self) -> None:
         """Measure, check and aggregate the last backed task, once its gradients are final."""
@@ -217,77 +269,55 @@ class MultiTaskOptimWrapper(OptimWrapper):
         task, loss_value = self._pending_task
         self._pending_task = None
         shared, own = self._shared, self._own[task]
-        loss_value = self._after_task_backward(task, shared, own, loss_value)
-
+        loss_value = self.grad_sync.after_task_backward(task, shared, own, loss_value)
+        for hook in self.task_grad_hooks:
+            hook(task, shared, own)
         inv = 1.0 / self._grad_scale()
         g_shared = [p.grad for p in shared]
-        g_own = [p.grad for p in own]
-        norm, head_norm = _total_norm(g_shared) * inv, _total_norm(g_own) * inv
-        norm, head_norm, loss_value = self._sync_task_stats(task, norm, head_norm, loss_value)
-        local = self._local_weight(task)
+        norm, head_norm = _total_norm(g_shared) * inv, _total_norm([p.grad for p in own]) * inv
+        norm, head_norm, loss_value = self.grad_sync.task_stats(task, norm, head_norm, loss_value)
         for p in shared:  # the shared .grad is rebuilt in update_tasks
             p.grad = None
         if not (math.isfinite(norm) and math.isfinite(head_norm)):
-            self.skipped[task] += 1
-            print_log(f'task {task!r}: non-finite gradient (shared norm {norm}, own norm {head_norm}, '
-                      f'loss {loss_value}) at update {self._inner_count}; this task is skipped for this '
-                      f'step (skipped {self.skipped[task]} times so far)', logger='current',
-                      level=logging.WARNING)
-            self._on_nonfinite(task)
-            for p, g in zip(own, self._own_stash.pop(task)):
-                p.grad = g
+            self._skip_task(task, own, norm, head_norm, loss_value)
             return
+        local = self.grad_sync.local_weight(task)
         if self._matrix_pass():
-            row = self._next_row(shared)
-            if shared:
-                torch.cat([g.reshape(-1).to(row.dtype) if g is not None else row.new_zeros(p.numel())
-                           for p, g in zip(shared, g_shared)], out=row)
-                if inv * local != 1.0:
-                    row.mul_(inv * local)
-            self._rows.append(row)
+            self._add_row(shared, g_shared, inv * local)
             factor = float('nan')
         else:
             factor = self.aggregator.task_factor(norm, head_norm, loss_value, task)
-            if self._acc is None:
-                self._acc = [None] * len(shared)
-            _add_scaled(self._acc, g_shared, factor * local)
+            self._accumulate(g_shared, factor * local)
         self._stats[task] = (loss_value, norm, head_norm, factor)
 
-    # ---------------------------------------------------------------- data-parallel hooks
-    # No-ops in one process; MultiTaskDistributedDataParallel attaches a TaskGradSync (grad_sync).
-    def _overlaps(self) -> bool:
-        """Whether a task's gradients are still in flight after its backward (exact data parallel):
-        then the wrapper reads them at the next task's ``backward_task`` or at ``update_tasks``."""
-        return self.grad_sync is not None and self.grad_sync.overlaps
+    def _skip_task(self, task: str, own: List[nn.Parameter], norm: float, head_norm: float,
+                   loss_value: float) -> None:
+        """A non-finite task gradient: counted, logged, left out of this step (its own parameters keep
+        their earlier micro-steps' gradients)."""
+        self.skipped[task] += 1
+        print_log(f'task {task!r}: non-finite gradient (shared norm {norm}, own norm {head_norm}, '
+                  f'loss {loss_value}) at update {self._inner_count}; this task is skipped for this '
+                  f'step (skipped {self.skipped[task]} times so far)', logger='current',
+                  level=logging.WARNING)
+        self._on_nonfinite(task)
+        for p, g in zip(own, self._own_stash.pop(task)):
+            p.grad = g
 
-    def _before_task_backward(self, task: str, shared: List[nn.Parameter], own: List[nn.Parameter],
-                              loss_value: float) -> None:
-        """Just before ``task``'s backward (its ``.grad`` are all ``None``)."""
-        if self.grad_sync is not None:
-            self.grad_sync.before_task_backward(task, shared, own, loss_value)
+    def _add_row(self, shared: List[nn.Parameter], grads: List[Optional[Tensor]], factor: float) -> None:
+        """Matrix path: the task's flat shared gradient (times ``factor``) as the next row."""
+        row = self._next_row(shared)
+        if shared:
+            torch.cat([g.reshape(-1).to(row.dtype) if g is not None else row.new_zeros(p.numel())
+                       for p, g in zip(shared, grads)], out=row)
+            if factor != 1.0:
+                row.mul_(factor)
+        self._rows.append(row)
 
-    def _after_task_backward(self, task: str, shared: List[nn.Parameter], own: List[nn.Parameter],
-                             loss_value: float) -> float:
-        """When ``task``'s gradients are needed, while ``.grad`` of ``shared`` + ``own`` holds only that
-        task's gradient (in the loss-scaled space under AMP). Returns the loss value to use."""
-        if self.grad_sync is None:
-            return loss_value
-        return self.grad_sync.after_task_backward(task, shared, own, loss_value)
-
-    def _sync_task_stats(self, task: str, norm: float, head_norm: float, loss_value: float):
-        """The (unscaled) norms and loss the aggregator sees, before the non-finite check."""
-        if self.grad_sync is None:
-            return norm, head_norm, loss_value
-        return self.grad_sync.task_stats(task, norm, head_norm, loss_value)
-
-    def _local_weight(self, task: str) -> float:
-        """Factor on this rank's local gradient of ``task`` before it enters the sum."""
-        return 1.0 if self.grad_sync is None else self.grad_sync.local_weight(task)
-
-    def _before_step(self) -> None:
-        """Before the optimizer step (and before AMP's unscale / the global clip)."""
-        if self.grad_sync is not None:
-            self.grad_sync.before_step(self._shared + [p for ps in self._own.values() for p in ps])
+    def _accumulate(self, grads: List[Optional[Tensor]], factor: float) -> None:
+        """Streaming path: ``acc += factor * g_t`` into the one shared-sized buffer."""
+        if self._acc is None:
+            self._acc = [None] * len(grads)
+        _add_scaled(self._acc, grads, factor)
 
     def _on_nonfinite(self, task: str) -> None:
         """Hook for the AMP variant (remembers the overflow)."""
@@ -304,8 +334,8 @@ class MultiTaskOptimWrapper(OptimWrapper):
             return self._accumulative_counts
         return self._remainder_counts
 
-    def _combine(self, cos_due: bool = False):
-        """Aggregate this micro-step; returns (combined grads in .grad space, weights, head scales)."""
+    def _combine(self, cos_due: bool = False) -> CombinedStep:
+        """Aggregate this micro-step's task gradients."""
         tasks = list(self._stats)
         scale = self._grad_scale()
         stats = torch.tensor([self._stats[t] for t in tasks], dtype=torch.float64).reshape(-1, 4)
@@ -332,9 +362,9 @@ class MultiTaskOptimWrapper(OptimWrapper):
             if common != 1.0:
                 torch._foreach_mul_([c for c in combined if c is not None], common)
         self._acc = None
-        return tasks, combined, weights, head_scales, norms, losses, cos
+        return CombinedStep(tasks, combined, weights, head_scales, norms, losses, cos)
 
-    def update_tasks(self, model: Optional[nn.Module] = None) -> None:
+    def update_tasks(self) -> None:
         """Combine the task gradients of this iteration into ``.grad`` and step when due."""
         if not self.is_bound:
             raise RuntimeError('update_tasks called before bind()')
@@ -344,26 +374,26 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self._inner_count += 1
         shared_stash = self._shared_stash or [None] * len(self._shared)
         if self._stats:
-            tasks, combined, weights, head_scales, norms, losses, cos = self._combine(cos_due)
+            step = self._combine(cos_due)
             self._contributed = True
-            for p, total, c in zip(self._shared, shared_stash, combined or [None] * len(self._shared)):
+            for p, total, c in zip(self._shared, shared_stash, step.grads or [None] * len(self._shared)):
                 if c is not None and k != 1:
                     c.div_(k)
                 p.grad = c if total is None else (total if c is None else total.add_(c))
-            for t, hs in zip(tasks, head_scales.tolist()):
+            for t, hs in zip(step.tasks, step.head_scales.tolist()):
                 for p, total in zip(self._own[t], self._own_stash.pop(t)):
                     g = p.grad
                     if g is not None:
-                        g.mul_(hs / k * self._local_weight(t))
+                        g.mul_(hs / k * self.grad_sync.local_weight(t))
                     p.grad = g if total is None else (total if g is None else total.add_(g))
-            self._log(tasks, weights, norms, losses, cos, cos_iter=self._inner_count)
+            self._log(step, cos_iter=self._inner_count)
         else:
             for p, total in zip(self._shared, shared_stash):
                 p.grad = total
         self._reset_pass()
         if self.should_update():
             if self._contributed:
-                self._before_step()
+                self.grad_sync.before_step(self._shared + [p for ps in self._own.values() for p in ps])
                 self.step()
             else:
                 print_log('every task gradient was non-finite since the last update: optimizer step '
@@ -372,7 +402,8 @@ class MultiTaskOptimWrapper(OptimWrapper):
             self.zero_grad()
             self._contributed = False
 
-    def _log(self, tasks, weights, norms, losses, cos, cos_iter: int = 0) -> None:
+    def _log(self, step: CombinedStep, cos_iter: int = 0) -> None:
+        tasks, weights, norms, cos = step.tasks, step.weights, step.norms, step.cos
         stats = OrderedDict()
         for i, t in enumerate(tasks):
             w = float(weights[i])

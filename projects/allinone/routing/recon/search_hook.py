@@ -2,9 +2,10 @@
 
 During plain joint training each task has its own backward, and :class:`MultiTaskOptimWrapper`
 isolates its shared gradient: right after task t's backward ``p.grad`` of every shared parameter
-holds g_t alone. :class:`ReconSearchHook` reads it there (the wrapper's ``_after_task_backward``,
-wrapped for the run; under ``MultiTaskDistributedDataParallel`` exact mode this is after the
-all-reduce, so every rank records the same cosines), and :class:`GradConflictRecorder` reduces it.
+holds g_t alone. :class:`ReconSearchHook` reads it there (a per-task gradient hook of the wrapper,
+``register_task_grad_hook``, for the run; under ``MultiTaskDistributedDataParallel`` exact mode this
+is after the all-reduce, so every rank records the same cosines), and :class:`GradConflictRecorder`
+reduces it.
 
 A *layer* is a module owning shared parameters directly (``named_modules()`` with
 ``named_parameters(recurse=False)``, weight and bias joined into one vector), so every trainable
@@ -17,9 +18,7 @@ device: nothing is stored per step and nothing goes to the host until the report
 pair where a task did not reach a layer (zero gradient) is not counted for that layer.
 """
 import itertools
-import json
 import logging
-import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -29,9 +28,10 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from ...models.recon import SCORES, cosine_quantiles, is_convertible, rank_layers
+from ...engine.model_wrappers.unwrap import unwrap_model
 from ...registry import HOOKS
-from ..model_wrappers.unwrap import unwrap_model
+from .layers import is_convertible
+from .report import SCORES, format_cosine_quantiles, format_ranking, rank_layers, write_report
 
 REPORT_FORMAT = 'allinone-recon-search/1'
 
@@ -146,38 +146,6 @@ class GradConflictRecorder:
         return report
 
 
-def write_report(report: dict, out_dir: str, top: int = 20, score: Optional[str] = None) -> Tuple[str, str]:
-    """``recon_report.json`` and ``recon_top_layers.png`` (the ``top`` layers' raw and normalised
-    scores at the report's threshold) in ``out_dir``; returns their paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = osp.join(out_dir, 'recon_report.json')
-    with open(path, 'w') as f:
-        json.dump(report, f, indent=1)
-    png = osp.join(out_dir, 'recon_top_layers.png')
-    plot_top_layers(report, png, top=top, score=score or report.get('score', 'raw'))
-    return path, png
-
-
-def plot_top_layers(report: dict, path: str, top: int = 20, score: str = 'raw',
-                    threshold: Optional[float] = None) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    ranked = rank_layers(report, threshold, score)[:top]
-    S = ranked[0]['threshold'] if ranked else report.get('threshold', 0.0)
-    labels = [f"{r['name']} ({r['type']}, {r['numel']:,})" for r in ranked][::-1]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 0.35 * max(len(ranked), 4) + 1.5), sharey=True)
-    axes[0].barh(labels, [r['conflicts'] for r in ranked][::-1], color='tab:red')
-    axes[0].set_xlabel(f'conflicts: cosines < {S:g} (summed over {len(report["pairs"])} task pairs)')
-    axes[1].barh(labels, [r['normalized'] for r in ranked][::-1], color='tab:blue')
-    axes[1].set_xlabel('normalized: conflict fraction - chance at the layer size')
-    fig.suptitle(f'Recon search: top {len(ranked)} shared layers by {score} score '
-                 f'({report["iterations"]} iterations, tasks {", ".join(report["tasks"])})')
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 @HOOKS.register_module()
 class ReconSearchHook(Hook):
     """Records the per-layer task-gradient cosine histograms during training; writes the report.
@@ -192,7 +160,7 @@ class ReconSearchHook(Hook):
         bin_width: histogram bin width (default 0.01; S is read on this grid).
         threshold: S for the ranking stored in the report and printed (any S later, from the
             histograms: ``tools/recon_search.py --from-report``).
-        score: ``'raw'`` or ``'normalized'`` (see :func:`~projects.allinone.models.recon.rank_layers`).
+        score: ``'raw'`` or ``'normalized'`` (see :func:`~projects.allinone.routing.recon.report.rank_layers`).
         top: layers in the printed table and the bar plot.
     """
 
@@ -209,12 +177,12 @@ class ReconSearchHook(Hook):
         self.top = int(top)
         self.recorder: Optional[GradConflictRecorder] = None
         self.report_path: Optional[str] = None
-        self._wrapper = None
+        self._handle = None  # of the wrapper's per-task gradient hook, while the run lasts
 
     def before_train(self, runner) -> None:
         model = unwrap_model(runner.model)
         wrapper = runner.optim_wrapper
-        if not hasattr(wrapper, '_after_task_backward'):
+        if not hasattr(wrapper, 'register_task_grad_hook'):
             raise TypeError('ReconSearchHook needs the per-task optim wrapper (MultiTaskOptimWrapper), got '
                             f'{type(wrapper).__name__}')
         agg = type(getattr(wrapper, 'aggregator', None)).__name__
@@ -222,15 +190,8 @@ class ReconSearchHook(Hook):
             print_log(f'ReconSearchHook: the run trains with {agg}; Recon searches under plain joint training '
                       '(SumAggregator)', logger='current', level=logging.WARNING)
         self.recorder = GradConflictRecorder(shared_layers(model), model.task_names, self.bin_width)
-        recorder, original = self.recorder, wrapper._after_task_backward
-
-        def after_task_backward(task, shared, own, loss_value):
-            out = original(task, shared, own, loss_value)
-            recorder.record(task)
-            return out
-
-        wrapper._after_task_backward = after_task_backward
-        self._wrapper = wrapper
+        recorder = self.recorder
+        self._handle = wrapper.register_task_grad_hook(lambda task, shared, own: recorder.record(task))
         n = sum(recorder.numel)
         print_log(f'ReconSearchHook: recording {recorder.num_layers} shared layers ({n:,} parameters), '
                   f'{len(recorder.pairs)} task pairs, bins of {self.bin_width}', logger='current')
@@ -240,9 +201,9 @@ class ReconSearchHook(Hook):
             self.recorder.end_iteration()
 
     def after_train(self, runner) -> None:
-        if self._wrapper is not None:
-            self._wrapper.__dict__.pop('_after_task_backward', None)
-            self._wrapper = None
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
         if self.recorder is None or not is_main_process():
             return
         meta = dict(work_dir=runner.work_dir, iters=runner.iter)
@@ -253,25 +214,3 @@ class ReconSearchHook(Hook):
                   + '\n' + format_cosine_quantiles(report), logger='current')
 
 
-def format_ranking(report: dict, top: int = 20, threshold: Optional[float] = None,
-                   score: Optional[str] = None) -> str:
-    """The top layers as a markdown table."""
-    score = score or report.get('score', 'raw')
-    ranked = rank_layers(report, threshold, score)
-    S = ranked[0]['threshold'] if ranked else (threshold if threshold is not None else report.get('threshold', 0.0))
-    ranked = ranked[:max(0, top)]
-    lines = [f'| rank | layer | type | params | conflicts (cos < {S:g}) | fraction | chance | normalized |',
-             '|---:|---|---|---:|---:|---:|---:|---:|']
-    for r in ranked:
-        lines.append(f"| {r['rank']} | {r['name']} | {r['type']} | {r['numel']:,} | {r['conflicts']} / "
-                     f"{r['observations']} | {r['conflict_fraction']:.3f} | {r['chance']:.3f} | "
-                     f"{r['normalized']:+.3f} |")
-    return '\n'.join(lines)
-
-
-def format_cosine_quantiles(report: dict) -> str:
-    """One line: where the recorded cosines lie (all layers and pairs), to choose S by."""
-    qs = cosine_quantiles(report)
-    spread = ', '.join(f'{int(q * 100)}%: {v:+.2f}' for q, v in qs.items())
-    return (f'cosines recorded (all layers and task pairs): {spread}; a layer of pure noise has a fraction '
-            '`chance` below S (1/2 at S = 0)')

@@ -41,8 +41,9 @@ from torch import Tensor, nn
 
 from mmengine.logging import print_log
 
-from ..registry import MODELS
-from .routing import TaskContext
+from ...registry import ROUTING
+from ..base import RoutingMethod
+from ..context import TaskContext
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PER_CHANNEL_NORM = (nn.modules.batchnorm._NormBase, )  # BatchNorm*, SyncBatchNorm, InstanceNorm*
@@ -241,12 +242,15 @@ class _SplitHook:
                         'tensor or a tuple/list of tensors')
 
 
-@MODELS.register_module()
-class GradSplit:
+@ROUTING.register_module(name='grad_split')
+class GradSplit(RoutingMethod):
     """Routes each task's backward to its channel groups at the chosen modules (module docstring).
 
-    Built by :class:`AllInOneModel` from ``model.grad_split`` and attached with :meth:`attach`.
+    Built by :class:`AllInOneModel` from ``model.grad_split`` and attached with :meth:`attach`; it adds
+    no parameters, so the protocol's other methods keep their defaults.
     """
+
+    attach_order = 20  # hooks modules by name: after Recon has replaced its layers
 
     def __init__(self,
                  modules: Optional[Sequence[str]] = None,
@@ -394,17 +398,3 @@ class GradSplit:
         return (f'GradSplit(modules={list(self.split_modules) or self.module_names}, tasks={self.tasks}, '
                 f'relation={None if self.relation is None else self.relation.int().tolist()})')
 
-
-def build_grad_split(cfg, model: nn.Module, tasks: Sequence[str], context: TaskContext) -> Optional[GradSplit]:
-    """``model.grad_split`` -> an attached :class:`GradSplit` (``None``/``False``: no split)."""
-    if cfg is None or cfg is False:
-        return None
-    if cfg is True:
-        cfg = {}
-    if isinstance(cfg, GradSplit):
-        split = cfg
-    else:
-        cfg = dict(cfg)
-        cfg.setdefault('type', 'GradSplit')
-        split = MODELS.build(cfg)
-    return split.attach(model, tasks, context)

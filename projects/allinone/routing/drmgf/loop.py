@@ -32,10 +32,10 @@ from typing import Dict, List, Optional, Tuple
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
+from ...engine.loops import MultiTaskTrainLoop
+from ...engine.model_wrappers.unwrap import unwrap_model
 from ...registry import LOOPS
-from ..loops import MultiTaskTrainLoop
 from .fusion import DRMGF
-from ..model_wrappers.unwrap import unwrap_model
 
 
 class DRMGFStateHook(Hook):

@@ -54,9 +54,9 @@ from mmengine.dist import all_reduce, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
+from ...engine.hooks.random_state_hook import preserved_rng
+from ...engine.model_wrappers.unwrap import unwrap_model
 from ...registry import HOOKS
-from .random_state_hook import preserved_rng
-from ..model_wrappers.unwrap import unwrap_model
 
 
 @HOOKS.register_module()
@@ -83,7 +83,7 @@ class GradSplitAffinityHook(Hook):
     # ------------------------------------------------------------------ set-up
     def before_train(self, runner) -> None:
         model = unwrap_model(runner.model)
-        split = getattr(model, 'grad_split', None)
+        split = model.routing.get('grad_split')
         if split is None:
             raise RuntimeError('GradSplitAffinityHook: the model has no grad_split; set '
                                "model.grad_split=dict(relation='affinity', ...)")

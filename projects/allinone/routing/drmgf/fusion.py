@@ -144,7 +144,7 @@ class DRMGF(nn.Module):
         self.ema_before_fusion, self.norm_fusion = bool(ema_before_fusion), norm_fusion
         self.reset_buffers = bool(reset_buffers)
         self.lr_milestones, self.lr_gamma = milestones, float(lr_gamma)
-        self._ctx = model._task_context
+        self._ctx = model.task_context
         part = model.parameter_partition()
         shared_ids = {id(p) for p in part['shared']}
         self._owner = {id(p): g for g, ps in part.items() for p in ps}

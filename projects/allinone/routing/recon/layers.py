@@ -1,17 +1,17 @@
-"""Recon (Shi et al., ICLR 2023): per-task copies of the shared layers where the tasks conflict most.
+"""Recon (Shi et al., ICLR 2023), the model side: per-task copies of the shared layers where the
+tasks conflict most.
 
-Three parts live here; the search itself (gradient cosines recorded during joint training) is
-:class:`~projects.allinone.engine.hooks.ReconSearchHook` and ``tools/recon_search.py``.
-
+* :class:`Recon` is the routing method ``model.recon`` builds: it converts the chosen layers (named,
+  or read from a search report, :mod:`.report`) and gives each task its copies' parameters.
 * :class:`TaskSpecificLayer` replaces one shared layer by one copy per task and runs the copy of
   the task whose forward is running (the model's :class:`TaskContext`). Its state-dict keys are
   ``<layer>.copies.<task>.<param>``; a checkpoint holding the plain ``<layer>.<param>`` keys (a
   pretrained backbone, a pre-conversion or search checkpoint given as ``load_from``) fills every
   copy from them, so the copies start from the loaded weights instead of being re-initialised.
-* :func:`rank_layers` / :func:`select_layers` read a search report: the conflict count below any
-  threshold S (from the stored cosine histograms), a raw and a size-normalised score, and the
-  selection by count (``top_k``) or by parameter budget.
-* :func:`collapse_state_dict` turns a converted checkpoint back into a plain single-task one.
+
+The search (gradient cosines recorded during joint training) is :mod:`.search_hook` and
+``tools/recon_search.py``; its report is written and read in :mod:`.report`; :mod:`.collapse`
+turns a converted checkpoint back into plain single-task ones.
 
 Config (``model.recon``)::
 
@@ -24,17 +24,16 @@ Config (``model.recon``)::
                threshold=None)      # S (default: the report's)
 """
 import copy
-import json
-import math
-import os.path as osp
 from collections import OrderedDict
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 from torch import nn
 
-from .routing import TaskContext
+from ...registry import ROUTING
+from ..base import RoutingMethod
+from ..context import TaskContext
+from .report import select_layers
 
-SCORES = ('raw', 'normalized')
 SHARED_ROOTS = ('backbone', 'neck')  # the shared modules of AllInOneModel
 
 
@@ -173,131 +172,6 @@ def sync_task_copies(model: nn.Module) -> None:
             other.load_state_dict(state)
 
 
-# ---------------------------------------------------------------------- search reports
-def chance_below(threshold: float, numel: int) -> float:
-    """P(cos < threshold) for two independent uniformly random directions in ``numel`` dimensions:
-    what pure noise would give a layer of that size (``(1 + cos) / 2 ~ Beta((d-1)/2, (d-1)/2)``)."""
-    if threshold <= -1:
-        return 0.0
-    if threshold > 1:
-        return 1.0
-    if numel <= 1:
-        return 0.5 if threshold <= 1 else 1.0
-    a = (numel - 1) / 2.0
-    x = (1.0 + threshold) / 2.0
-    try:
-        from scipy.special import betainc
-        return float(betainc(a, a, x))
-    except ImportError:  # the normal approximation, cos ~ N(0, 1 / d)
-        return 0.5 * (1.0 + math.erf(threshold * math.sqrt(numel) / math.sqrt(2.0)))
-
-
-def load_report(report) -> dict:
-    if isinstance(report, dict):
-        return report
-    if not osp.isfile(report):
-        raise FileNotFoundError(f'recon: no search report {report!r} (tools/recon_search.py writes it)')
-    with open(report) as f:
-        return json.load(f)
-
-
-def cosine_quantiles(report, quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> Dict[float, float]:
-    """Quantiles of every recorded cosine of the report (all layers and task pairs pooled), read from
-    the histograms (each bin's lower edge): where the cosines of this model and data actually lie, to
-    choose S by (e.g. the 5% quantile: S then catches about the lowest 5% of all observations).
-
-    With one batch per task (AllInOne) the task gradients also differ by their batches' sampling
-    noise, so the cosines sit nearer 0 than in a search where every task sees the same images (the
-    official code): a paper's S (-0.02 on NYUv2, -0.1 on Multi-MNIST) may fall in a different part
-    of this distribution."""
-    report = load_report(report)
-    width = float(report['bin_width'])
-    total = None
-    for layer in report['layers']:
-        for h in layer['hist']:
-            total = list(h) if total is None else [a + b for a, b in zip(total, h)]
-    n = sum(total or [])
-    if not n:
-        raise ValueError('recon: the report holds no cosine')
-    out = {}
-    for q in quantiles:
-        acc, k = 0, 0
-        for k, c in enumerate(total):
-            acc += c
-            if acc >= q * n:
-                break
-        out[float(q)] = round(-1.0 + k * width, 10)
-    return out
-
-
-def rank_layers(report, threshold: Optional[float] = None, score: str = 'raw') -> List[dict]:
-    """The report's layers scored at ``threshold`` (default: the report's) and ranked by ``score``.
-
-    Per layer: ``conflicts`` (number of (iteration, task pair) cosines below S, summed over the
-    pairs: the paper's score, ``raw``), ``observations``, ``conflict_fraction``, ``chance`` (the
-    fraction random directions of the layer's size fall below S) and ``normalized``
-    (``conflict_fraction - chance``: the conflicts a layer shows beyond what its size alone
-    explains; the raw count rewards small layers, whose cosines are noisier, for S < 0). S is taken
-    on the histogram's grid (multiples of the bin width, 0.01 by default).
-    """
-    if score not in SCORES:
-        raise ValueError(f'recon: score must be one of {SCORES}, got {score!r}')
-    report = load_report(report)
-    width = float(report['bin_width'])
-    nbins = int(report['bins'])
-    S = float(report.get('threshold', 0.0) if threshold is None else threshold)
-    k = min(max(int(round((S + 1.0) / width)), 0), nbins)
-    S_grid = round(-1.0 + k * width, 10)
-    out = []
-    for order, layer in enumerate(report['layers']):
-        hist = layer['hist']
-        conflicts = sum(sum(h[:k]) for h in hist)
-        obs = sum(sum(h) for h in hist)
-        frac = conflicts / obs if obs else 0.0
-        chance = chance_below(S_grid, int(layer['numel']))
-        row = {key: v for key, v in layer.items() if key != 'hist'}
-        row.update(conflicts=int(conflicts), observations=int(obs), conflict_fraction=frac, chance=chance,
-                   normalized=(frac - chance) if obs else 0.0, threshold=S_grid, _order=order)
-        out.append(row)
-    key = (lambda r: (-r['conflicts'], -r['normalized'], r['_order'])) if score == 'raw' else \
-        (lambda r: (-r['normalized'], -r['conflicts'], r['_order']))
-    out.sort(key=key)
-    for rank, row in enumerate(out, 1):
-        row.pop('_order')
-        row['rank'] = rank
-    return out
-
-
-def select_layers(report, top_k: Optional[int] = None, param_budget: Optional[float] = None,
-                  score: str = 'raw', threshold: Optional[float] = None,
-                  num_tasks: Optional[int] = None) -> List[str]:
-    """Layer names to convert: the ``top_k`` best, or the best whose copies fit ``param_budget``.
-
-    Only layers with a positive score and that can be copied (:func:`is_convertible`) are taken.
-    ``param_budget`` is a fraction of the report's shared parameter count; a layer costs
-    ``(T - 1) * numel`` extra parameters; layers are taken in rank order, passing over one that no
-    longer fits.
-    """
-    if (top_k is None) == (param_budget is None):
-        raise ValueError('recon: give exactly one of top_k and param_budget with a report')
-    report = load_report(report)
-    ranked = [r for r in rank_layers(report, threshold, score)
-              if r.get('convertible', True) and (r['conflicts'] if score == 'raw' else r['normalized']) > 0]
-    if top_k is not None:
-        if int(top_k) < 0:
-            raise ValueError(f'recon: top_k must be >= 0, got {top_k}')
-        return [r['name'] for r in ranked[:int(top_k)]]
-    T = int(num_tasks or len(report['tasks']))
-    budget = float(param_budget) * float(report['shared_params'])
-    chosen, used = [], 0
-    for r in ranked:
-        cost = (T - 1) * int(r['numel'])
-        if used + cost <= budget:
-            chosen.append(r['name'])
-            used += cost
-    return chosen
-
-
 def resolve_recon_layers(cfg, num_tasks: int) -> List[str]:
     """``model.recon`` -> the list of layer names to convert."""
     cfg = dict(cfg)
@@ -315,35 +189,29 @@ def resolve_recon_layers(cfg, num_tasks: int) -> List[str]:
     return select_layers(report, num_tasks=num_tasks, **cfg)
 
 
-# ---------------------------------------------------------------------- collapse
-def collapse_state_dict(state_dict: Dict, task: str, layer_names: Sequence[str],
-                        tasks: Sequence[str], native: bool = False) -> 'OrderedDict':
-    """A plain single-task state dict from a converted AllInOne one.
+@ROUTING.register_module(name='recon')
+class Recon(RoutingMethod):
+    """``model.recon``: the chosen shared layers become :class:`TaskSpecificLayer` (config above).
 
-    ``task``'s copy of each converted layer goes back to the layer's own name, the other tasks'
-    copies and branches are dropped. ``native=False``: AllInOne keys (``backbone.*``,
-    ``tasks.<task>.*``); ``native=True``: the task library's own model (``backbone.*`` and the
-    task's keys without ``tasks.<task>.``), i.e. the detector / segmentor / classifier with the
-    shared backbone as its backbone.
+    ``layers`` (names) or ``report`` (a search report, with ``top_k`` / ``param_budget`` / ``score`` /
+    ``threshold``); the resolved names are :attr:`layers` after :meth:`attach`.
     """
-    out = OrderedDict()
-    layers = sorted(layer_names, key=len, reverse=True)
-    for key, value in state_dict.items():
-        if key.startswith('tasks.'):
-            owner = key.split('.', 2)[1]
-            if owner != task:
-                continue
-            out[key[len(f'tasks.{task}.'):] if native else key] = value
-            continue
-        for layer in layers:
-            head = f'{layer}.copies.'
-            if key.startswith(head):
-                owner, _, rest = key[len(head):].partition('.')
-                if owner not in tasks:
-                    raise KeyError(f'recon collapse: {key} names no task of {list(tasks)}')
-                if owner == task:
-                    out[f'{layer}.{rest}'] = value
-                break
-        else:
-            out[key] = value
-    return out
+
+    attach_order = 10  # replaces modules: before any method that hooks modules by name
+
+    def __init__(self, **cfg):
+        self.cfg = cfg
+        self.layers: List[str] = []
+
+    def attach(self, model: nn.Module, tasks: Sequence[str], context: TaskContext) -> 'Recon':
+        self.layers = convert_layers(model, resolve_recon_layers(self.cfg, len(tasks)), tasks, context)
+        return self
+
+    def task_parameters(self, model: nn.Module, task: str) -> Iterator[Tuple[str, nn.Parameter]]:
+        return task_copy_parameters(model, task)
+
+    def after_init_weights(self, model: nn.Module) -> None:
+        sync_task_copies(model)  # every task's copy starts from the same initial weights
+
+    def __repr__(self):
+        return f'Recon(layers={self.layers})'
