@@ -47,7 +47,7 @@ def capture_gradients(model, batch):
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
 
     class Capture(GradAggregator):
-        def aggregate(self, grads, losses, head_norms=None, tasks=None):
+        def aggregate(self, grads, losses, own_norms=None, tasks=None):
             self.grads, self.losses, self.tasks = grads.clone(), losses.clone(), list(tasks)
             return make_result(grads, [1.0] * len(grads))
 

@@ -20,7 +20,7 @@ def test_tbgc_then_pcgrad_is_pcgrad_on_the_clipped_gradients():
     ref = PCGradAggregator().aggregate(G * c[:, None], losses, heads * c)  # the same seed: the same orders
     assert torch.allclose(res.grad, ref.grad)
     assert torch.allclose(res.grad, res.weights.to(G) @ G)        # weights are on the raw gradients
-    assert torch.allclose(res.head_scales, c * ref.head_scales)  # heads scaled by the clip, as TBGC does
+    assert torch.allclose(res.own_scales, c * ref.own_scales)  # heads scaled by the clip, as TBGC does
 
 
 def test_chain_rejects_a_combining_method_before_the_last_step():

@@ -45,7 +45,7 @@ MOVING = {
 BAD = {
     'SumAggregator': {},
     'TBGCAggregator': dict(max_norm=[0, -0.1, NAN, INF, True, '0.1', None], norm_on=['backbone', None, 1],
-                           rescale=[True, 0, -1.0, NAN, 'median'], head_max_norm=[0, -1.0, NAN, INF, True, 'x']),
+                           rescale=[True, 0, -1.0, NAN, 'median'], own_max_norm=[0, -1.0, NAN, INF, True, 'x']),
     'MaxGNRAggregator': dict(beta=[1, -0.1, NAN, True], mean_beta=[1.0, -1, True], warmup=[1, 2.5, True],
                              update_interval=[0, 1.5, True], sketch_dim=[0, 3.0, True], seed=[-1, 1.5, None, True],
                              min_ratio=[0, 1, True], max_iter=[0, 2.0, True]),
@@ -148,11 +148,11 @@ def test_unknown_task_name_is_an_error_at_bind(name):
 def test_tbgc_values_the_review_found_accepted_are_refused():
     from projects.allinone.engine.aggregators import TBGCAggregator
     for value in (-0.1, 0):  # ascent on every head, frozen heads
-        with pytest.raises(ValueError, match='TBGCAggregator.head_max_norm must be a finite number > 0'):
-            TBGCAggregator(head_max_norm=value)
+        with pytest.raises(ValueError, match='TBGCAggregator.own_max_norm must be a finite number > 0'):
+            TBGCAggregator(own_max_norm=value)
     with pytest.raises(ValueError, match='TBGCAggregator.rescale'):
         TBGCAggregator(rescale=True)  # was read as a common norm of 1.0
-    assert TBGCAggregator(rescale=1).rescale == 1.0 and TBGCAggregator(head_max_norm=2).head_max_norm == 2.0
+    assert TBGCAggregator(rescale=1).rescale == 1.0 and TBGCAggregator(own_max_norm=2).own_max_norm == 2.0
 
 
 # ------------------------------------------------------------------------------ through the optim wrapper

@@ -247,8 +247,8 @@ def test_rescale_gives_every_task_the_common_norm(rescale):
 
 
 def test_streaming_and_matrix_paths_agree_for_every_tbgc_variant():
-    for kwargs in [dict(), dict(norm_on='all'), dict(rescale='mean'), dict(head_max_norm=0.05),
-                   dict(rescale=0.3, norm_on='all', head_max_norm=1.0)]:
+    for kwargs in [dict(), dict(norm_on='all'), dict(rescale='mean'), dict(own_max_norm=0.05),
+                   dict(rescale=0.3, norm_on='all', own_max_norm=1.0)]:
         m1, m2 = TinyMTL(), TinyMTL()
         for m, streaming in ((m1, True), (m2, False)):
             w = MultiTaskOptimWrapper(sgd(m), aggregator=TBGCAggregator(**kwargs), streaming=streaming)
@@ -261,7 +261,7 @@ def test_streaming_and_matrix_paths_agree_for_every_tbgc_variant():
 def test_head_max_norm_clips_heads_on_their_own():
     model = TinyMTL()
     batch = batches()[0]
-    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1, head_max_norm=0.01))
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1, own_max_norm=0.01))
     ref = TinyMTL()
     before = params_of(model)
     run_wrapper(model, wrapper, batch)

@@ -41,10 +41,10 @@ def brute_projection(J, x):
     return res.x
 
 
-def run(agg, grads, tasks=None, losses=None, head_norms=None):
+def run(agg, grads, tasks=None, losses=None, own_norms=None):
     """``agg.aggregate`` with unit losses by default."""
     losses = torch.ones(len(grads), dtype=grads.dtype) if losses is None else torch.as_tensor(losses, dtype=grads.dtype)
-    return agg.aggregate(grads, losses, head_norms, tasks)
+    return agg.aggregate(grads, losses, own_norms, tasks)
 
 
 def close(actual, expected, atol=1e-9, rtol=1e-7):
@@ -116,7 +116,7 @@ def check_round_trip(build, stream, split=3, seed=5):
         torch.manual_seed(seed)
         rb = b.aggregate(grads, losses, None, tasks)
         assert torch.equal(ra.grad, rb.grad) and torch.equal(ra.weights, rb.weights)
-        assert torch.equal(ra.head_scales, rb.head_scales)
+        assert torch.equal(ra.own_scales, rb.own_scales)
     assert_same_state(b.state_dict(), a.state_dict())
 
 
@@ -194,18 +194,18 @@ def reference_step(model, agg, batch, lr=1.0):
     shared and own gradients by its own backward, ``agg.aggregate`` on the stacked shared gradients, the
     combined gradient on the trunk and each head's gradient times its head scale."""
     shared = list(model.shared.parameters())
-    rows, heads, losses, head_norms = [], {}, [], []
+    rows, heads, losses, own_norms = [], {}, [], []
     for task, x in batch.items():
         model.zero_grad(set_to_none=True)
         loss = model.loss(task, x)
         loss.backward()
         rows.append(torch.cat([p.grad.reshape(-1) for p in shared]))
         heads[task] = [p.grad.clone() for p in model.heads[task].parameters()]
-        head_norms.append(math.sqrt(sum(float(g.pow(2).sum()) for g in heads[task])))
+        own_norms.append(math.sqrt(sum(float(g.pow(2).sum()) for g in heads[task])))
         losses.append(float(loss))
     model.zero_grad(set_to_none=True)
     grads = torch.stack(rows)
-    r = agg.aggregate(grads, torch.tensor(losses, dtype=grads.dtype), torch.tensor(head_norms, dtype=grads.dtype),
+    r = agg.aggregate(grads, torch.tensor(losses, dtype=grads.dtype), torch.tensor(own_norms, dtype=grads.dtype),
                       list(batch))
     with torch.no_grad():
         offset = 0
@@ -214,7 +214,7 @@ def reference_step(model, agg, batch, lr=1.0):
             offset += p.numel()
         for i, task in enumerate(batch):
             for p, g in zip(model.heads[task].parameters(), heads[task]):
-                p -= lr * float(r.head_scales[i]) * g
+                p -= lr * float(r.own_scales[i]) * g
     return r
 
 

@@ -40,10 +40,10 @@ def check_weights_reproduce_grad(name):
     grads = random_grads(3, 50, 4)
     torch.manual_seed(0)
     r = build(name).aggregate(grads, torch.tensor([1.0, 2.0, 0.5]), torch.ones(3), None)
-    assert r.grad.shape == (50,) and r.weights.shape == (3,) and r.head_scales.shape == (3,)
+    assert r.grad.shape == (50,) and r.weights.shape == (3,) and r.own_scales.shape == (3,)
     assert r.grad.dtype == grads.dtype
     torch.testing.assert_close(r.grad, r.weights.to(grads) @ grads, rtol=0, atol=0)
-    assert torch.isfinite(r.head_scales).all()
+    assert torch.isfinite(r.own_scales).all()
 
 
 def check_state_dict_round_trip(name):
@@ -62,7 +62,7 @@ def check_state_dict_round_trip(name):
         expected = agg.aggregate(grads, torch.ones(3), None, None)
         got = other.aggregate(grads, torch.ones(3), None, None)
         torch.testing.assert_close(got.grad, expected.grad, rtol=0, atol=0)
-        torch.testing.assert_close(got.head_scales, expected.head_scales, rtol=0, atol=0)
+        torch.testing.assert_close(got.own_scales, expected.own_scales, rtol=0, atol=0)
 
 
 def check_missing_task_row(name):
@@ -81,7 +81,7 @@ def check_zero_gradient_row(name, zero_rows):
     grads[zero_rows] = 0
     torch.manual_seed(0)
     r = build(name).aggregate(grads, torch.ones(3), None, None)
-    for t in (r.grad, r.weights, r.head_scales):
+    for t in (r.grad, r.weights, r.own_scales):
         assert torch.isfinite(t).all()
     torch.testing.assert_close(r.grad, r.weights @ grads, rtol=0, atol=0)
     if len(zero_rows) == 3:
@@ -157,6 +157,6 @@ def check_through_optim_wrapper(name):
         for p, p0, g in zip(model.heads[t].parameters(), [b for b, q in zip(before, model.parameters())
                                                           if any(q is h for h in model.heads[t].parameters())],
                             heads[t]):
-            torch.testing.assert_close(p0 - p.detach(), lr * float(ref.head_scales[i]) * g, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(p0 - p.detach(), lr * float(ref.own_scales[i]) * g, rtol=1e-4, atol=1e-6)
     for i, t in enumerate(batch):
         assert wrapper.last_stats[f'{t}.weight'] == pytest.approx(float(ref.weights[i]), rel=1e-4, abs=1e-6)

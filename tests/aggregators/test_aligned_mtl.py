@@ -26,7 +26,7 @@ def aligned_reference(grads, mode='min'):
 def test_aligned_known_answers():
     agg = AlignedMTLAggregator()
     r = run(agg, G([3, 0], [0, 1]))
-    close(r.grad, [1, 1]), close(r.weights, [1 / 3, 1]), close(r.head_scales, [1, 1])
+    close(r.grad, [1, 1]), close(r.weights, [1 / 3, 1]), close(r.own_scales, [1, 1])
     r = run(agg, G([2, 0], [0, 2]))
     close(r.grad, [2, 2]), close(r.weights, [1, 1])
 
@@ -53,7 +53,7 @@ def test_aligned_rank_deficient_and_weights():
     assert np.linalg.matrix_rank(grads.double().numpy()) == 2
     agg = AlignedMTLAggregator(task_weights=dict(task0=2.0), scale_heads=True)
     r = run(agg, G([3, 0], [0, 1]))
-    close(r.grad, [2, 1]), close(r.head_scales, r.weights)
+    close(r.grad, [2, 1]), close(r.own_scales, r.weights)
 
 
 # ----------------------------------------------------------------------------- the common contract

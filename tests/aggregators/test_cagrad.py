@@ -23,7 +23,7 @@ def test_cagrad_known_answers():
     grads = random_grads(3, 5)
     close(run(CAGradAggregator(c=0.0), grads).grad, grads.sum(0))
     r = run(CAGradAggregator(), G([1, 2], [-1, -2]))     # g0 = 0: nothing to improve
-    close(r.grad, [0, 0]), close(r.head_scales, [1, 1])
+    close(r.grad, [0, 0]), close(r.own_scales, [1, 1])
 
 
 @pytest.mark.parametrize('seed,c', [(0, 0.4), (1, 0.4), (2, 0.8)])

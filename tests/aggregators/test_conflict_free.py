@@ -29,7 +29,7 @@ def test_equal_cosines_and_length(T, n, seed):
     close(d.norm(), float((grads @ (d / d.norm())).sum()), rtol=1e-9)   # length = sum of the projections
     close(d, paper_config(grads), rtol=1e-7, atol=1e-10)
     torch.testing.assert_close(r.grad, r.weights @ grads, rtol=0, atol=0)
-    close(r.head_scales, np.ones(T))
+    close(r.own_scales, np.ones(T))
 
 
 def test_known_answers():

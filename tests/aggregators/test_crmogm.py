@@ -16,11 +16,11 @@ def test_weights_follow_the_exponential_average(inner, alpha):
     lam = head = None
     for grads, losses, tasks in make_stream(5):
         ref = plain.aggregate(grads, losses, None, tasks)
-        w_hat, h_hat = ref.weights.numpy(), ref.head_scales.numpy()
+        w_hat, h_hat = ref.weights.numpy(), ref.own_scales.numpy()
         lam = w_hat if lam is None else alpha * lam + (1 - alpha) * w_hat    # lambda_0 = first lambda_hat
         head = h_hat if head is None else alpha * head + (1 - alpha) * h_hat
         r = agg.aggregate(grads, losses, None, tasks)
-        close(r.weights, lam, rtol=1e-9), close(r.head_scales, head, rtol=1e-9)
+        close(r.weights, lam, rtol=1e-9), close(r.own_scales, head, rtol=1e-9)
         torch.testing.assert_close(r.grad, r.weights @ grads, rtol=0, atol=0)
     assert not np.allclose(lam, w_hat)                  # the average really differs from the last weights
 

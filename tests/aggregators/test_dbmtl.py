@@ -21,7 +21,7 @@ def test_recursion_step_by_step(beta, sigma):
         r = agg.aggregate(grads, losses, None, tasks)
         close(r.grad, alpha @ m, rtol=1e-9)
         close(r.weights, alpha * (1 - b) / (L + eps), rtol=1e-9)
-        close(r.head_scales, 1 / (L + eps), rtol=1e-9)
+        close(r.own_scales, 1 / (L + eps), rtol=1e-9)
         scaled = alpha[:, None] * m                     # every task's average at the largest norm
         close(np.linalg.norm(scaled, axis=1), np.full(3, norms.max()), rtol=1e-6)
 
@@ -29,7 +29,7 @@ def test_recursion_step_by_step(beta, sigma):
 def test_known_answer():
     agg = DBMTLAggregator(beta=0.0)                     # no averaging: one step's log-loss gradients
     r = run(agg, G([3, 0], [0, 1]), losses=[1.0, 0.5])  # log-grads (3, 0), (0, 2): rescaled to norm 3
-    close(r.grad, [3, 3], rtol=1e-7), close(r.head_scales, [1, 2], rtol=1e-7)
+    close(r.grad, [3, 3], rtol=1e-7), close(r.own_scales, [1, 2], rtol=1e-7)
 
 
 def test_state_round_trip_and_missing_task():

@@ -18,7 +18,7 @@ def test_projection_of_the_mean(T, n, seed):
     assert z.min() >= -1e-12                            # d - mean = J^T z, z >= 0
     assert abs(float((J @ d) @ z)) <= 1e-9 * scale      # complementary slackness
     close(d, brute_projection(J, J.mean(0)), atol=1e-6 * np.sqrt(scale))
-    close(r.head_scales, np.ones(T))
+    close(r.own_scales, np.ones(T))
 
 
 def test_known_answers():

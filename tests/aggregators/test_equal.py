@@ -20,7 +20,7 @@ def test_equal_fixed_weights():
     r = agg.aggregate(grads, torch.ones(3), None, TASKS)
     w = torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)
     torch.testing.assert_close(r.weights, w)
-    torch.testing.assert_close(r.head_scales, w)
+    torch.testing.assert_close(r.own_scales, w)
     torch.testing.assert_close(r.grad, w @ grads)
     with pytest.raises(ValueError, match='depth'):
         EqualAggregator(weights=dict(depth=1.0)).bind(TASKS)

@@ -24,7 +24,7 @@ def test_recursion_step_by_step(eta):
             w = w * np.exp(eta * e / ref)
             w = w / w.sum() * 3
         r = agg.aggregate(grads, losses, None, tasks)
-        close(r.weights, w, rtol=1e-9), close(r.head_scales, w, rtol=1e-9)
+        close(r.weights, w, rtol=1e-9), close(r.own_scales, w, rtol=1e-9)
         torch.testing.assert_close(r.grad, r.weights @ grads, rtol=0, atol=0)
     assert not np.allclose(w, 1)
 

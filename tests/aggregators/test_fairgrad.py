@@ -42,7 +42,7 @@ def test_known_answers():
         close(w, [1.0, 4.0 ** (-alpha / (alpha + 1))])
     # official scaling: T * sum_t w_t g_t, shared gradient clipped to max_norm, heads plain
     r = run(FairGradAggregator(alpha=1.0, max_norm=0), G([1, 0], [0, 2]))
-    close(r.grad, [2, 2]), close(r.head_scales, [1, 1])
+    close(r.grad, [2, 2]), close(r.own_scales, [1, 1])
     r = run(FairGradAggregator(alpha=1.0), G([1, 0], [0, 2]))
     close(r.grad, np.array([2, 2]) / math.sqrt(8) * (math.sqrt(8) / (math.sqrt(8) + 1e-6)))
 

@@ -24,7 +24,7 @@ def test_famo_closed_form_gradient():
     w = c * z / losses
     torch.testing.assert_close(r.weights, w)
     torch.testing.assert_close(r.grad, w[0] * grads[0] + w[1] * grads[1])
-    torch.testing.assert_close(r.head_scales, w)
+    torch.testing.assert_close(r.own_scales, w)
     assert float(r.weights.sum()) == pytest.approx(1.0)  # c makes the weights sum to 1
 
 

@@ -14,7 +14,7 @@ def test_closed_form_weights():
     r = run(GLSAggregator(), grads, losses=losses)
     gls = (2.0 * 0.5 * 8.0) ** (1 / 3)                  # = 2
     expected = [gls / (3 * x) for x in losses]
-    close(r.weights, expected), close(r.head_scales, expected)
+    close(r.weights, expected), close(r.own_scales, expected)
     torch.testing.assert_close(r.grad, r.weights @ grads, rtol=0, atol=0)
 
 

@@ -32,7 +32,7 @@ def test_masking_rule_on_hand_made_signs():
         kept_pos = PURITY > U
         close(r.grad[1], torch.where(kept_pos[1], 1.0, -2.0))    # the positive or the negative side, whole
         close(r.grad[4], torch.where(kept_pos[4], 3.0, -2.0))
-        close(r.head_scales, [1, 1, 1])
+        close(r.own_scales, [1, 1, 1])
         for i in range(3):                              # logged weight: the kept fraction of the norm
             g = HAND[i]
             M = ((PURITY > U) & (g > 0)) | ((PURITY < U) & (g < 0))

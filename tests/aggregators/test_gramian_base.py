@@ -33,12 +33,12 @@ def test_gram_matrix_losses_and_tasks_reach_the_method():
     close(r.weights, np.diag(K), rtol=1e-6)
     assert r.grad.dtype == torch.float32
     torch.testing.assert_close(r.grad, r.weights @ grads, rtol=0, atol=0)
-    close(r.head_scales, [1, 1, 1])                      # no head scales: plain head gradients
+    close(r.own_scales, [1, 1, 1])                      # no head scales: plain head gradients
 
 
 def test_head_scales_when_returned():
     r = run(Recorder(heads=True), G([1, 0], [0, 3]))
-    close(r.weights, [1, 9]), close(r.head_scales, [2, 18]), close(r.grad, [1, 27])
+    close(r.weights, [1, 9]), close(r.own_scales, [2, 18]), close(r.grad, [1, 27])
 
 
 def test_rows_are_validated():

@@ -18,7 +18,7 @@ def test_imtl_known_answers():
     close(r.weights, [1 / 101, 100 / 101]), close(r.grad, [100 / 101, 100 / 101])
     r = run(agg, G([1, 2], [-2, -4]))
     close(r.grad, [0, 0], atol=1e-6)
-    close(r.head_scales, [1, 1])
+    close(r.own_scales, [1, 1])
 
 
 @pytest.mark.parametrize('seed', [0, 1])

@@ -23,7 +23,7 @@ def test_equal_projections_on_the_scaled_gradients(seed):
     proj = unit @ d
     close(proj, proj[0].expand(3), rtol=1e-9)           # impartial: equal projection on every unit gradient
     close((r.weights.double().numpy() / c).sum(), 1.0)  # alpha sums to 1 over the scaled gradients
-    close(r.head_scales, c)                             # heads: the scaled losses' gradients
+    close(r.own_scales, c)                             # heads: the scaled losses' gradients
     torch.testing.assert_close(r.grad, r.weights @ grads, rtol=0, atol=0)
 
 
@@ -38,7 +38,7 @@ def test_scales_follow_their_gradient_step_by_step():
     s = np.zeros(3)
     for grads, losses, tasks in make_stream(4):
         r = agg.aggregate(grads, losses, None, tasks)
-        close(r.head_scales, np.exp(s))                 # this step used the scales of the step before
+        close(r.own_scales, np.exp(s))                 # this step used the scales of the step before
         s = s - lr * (np.exp(s) * losses.numpy() - 1.0)  # d/ds (e^s L - s)
         close([agg.state_dict()['s'][t] for t in tasks], s, rtol=1e-12)
 
@@ -47,7 +47,7 @@ def test_known_answer():
     agg = IMTLAggregator()
     agg.load_state_dict(dict(s=dict(task0=math.log(2.0), task1=0.0)))
     r = run(agg, G([1, 0], [0, 1]))                     # scaled rows (2, 0), (0, 1): IMTL-G alpha = (1/3, 2/3)
-    close(r.weights, [2 / 3, 2 / 3]), close(r.grad, [2 / 3, 2 / 3]), close(r.head_scales, [2, 1])
+    close(r.weights, [2 / 3, 2 / 3]), close(r.grad, [2 / 3, 2 / 3]), close(r.own_scales, [2, 1])
 
 
 def test_state_round_trip_and_missing_task():

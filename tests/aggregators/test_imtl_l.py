@@ -18,7 +18,7 @@ def test_factors_and_sgd_recursion():
     s = np.zeros(3)
     for grads, losses, tasks in make_stream(4):
         r = agg.aggregate(grads, losses, None, tasks)
-        close(r.weights, np.exp(s)), close(r.head_scales, np.exp(s))
+        close(r.weights, np.exp(s)), close(r.own_scales, np.exp(s))
         s = s - lr * (np.exp(s) * losses.numpy() - 1.0)
         close(agg.next_weights(), np.exp(s))
 

@@ -114,7 +114,7 @@ def test_maxgnr_equal_weights_during_warmup_and_grad_is_weighted_sum():
         if k < 5:
             torch.testing.assert_close(r.weights, torch.ones(2))
         torch.testing.assert_close(r.grad, r.weights @ grads)
-        torch.testing.assert_close(r.head_scales, r.weights)
+        torch.testing.assert_close(r.own_scales, r.weights)
     assert r.weights[1] < r.weights[0]
 
 

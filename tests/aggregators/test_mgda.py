@@ -28,7 +28,7 @@ def brute_force_min_norm(grads, steps=200):
 def test_mgda_known_answers():
     agg = MGDAAggregator()
     r = run(agg, G([1, 0], [0, 1]))
-    close(r.weights, [0.5, 0.5]), close(r.grad, [0.5, 0.5]), close(r.head_scales, [0.5, 0.5])
+    close(r.weights, [0.5, 0.5]), close(r.grad, [0.5, 0.5]), close(r.own_scales, [0.5, 0.5])
     r = run(agg, G([1, 2], [-1, -2]))                    # Pareto stationary: d = 0
     close(r.grad, [0, 0]), close(r.weights, [0.5, 0.5])
     r = run(agg, G([100, 0], [0, 1]))                    # the small gradient dominates the min-norm point
@@ -72,7 +72,7 @@ def test_mgda_normalizations():
     for mode, gn in [('l2', norms), ('loss', np.array(losses)), ('loss+', np.array(losses) * norms)]:
         r = run(MGDAAggregator(normalization=mode), grads, losses=losses)
         expected = min_norm_weights(K / np.outer(gn, gn))
-        close(r.weights, expected), close(r.head_scales, expected)
+        close(r.weights, expected), close(r.own_scales, expected)
         close(r.grad, torch.tensor(expected, dtype=torch.float32) @ grads)   # alpha on the raw gradients
 
 

@@ -32,7 +32,7 @@ def test_recursion_step_by_step(normalize, update):
         close(r.grad, lam @ y, rtol=1e-9, atol=1e-12)
         coef = L / (np.linalg.norm(g, axis=1) + 1e-8) if normalize == 'loss' else np.ones(3)
         close(r.weights, lam * b * coef, rtol=1e-9)     # the coefficient of this step's own gradient
-        close(r.head_scales, np.ones(3))
+        close(r.own_scales, np.ones(3))
     assert abs(lam.sum() - 1) < 1e-12 and lam.min() >= 0
 
 

@@ -15,9 +15,9 @@ NAME = 'NashMTLAggregator'
 
 def test_nash_known_answers():
     r = run(NashMTLAggregator(max_norm=0), G([1, 0], [0, 2]))      # K = diag(1, 4): alpha = (1, 1/2)
-    close(r.weights, [1, 0.5]), close(r.head_scales, [1, 0.5]), close(r.grad, [1, 1])
+    close(r.weights, [1, 0.5]), close(r.own_scales, [1, 0.5]), close(r.grad, [1, 1])
     r = run(NashMTLAggregator(max_norm=1.0), G([1, 0], [0, 2]))    # |d| = sqrt 2 clipped to 1 (shared only)
-    close(r.grad.norm(), 1.0), close(r.head_scales, [1, 0.5])
+    close(r.grad.norm(), 1.0), close(r.own_scales, [1, 0.5])
     r = run(NashMTLAggregator(max_norm=0), G([100, 0], [0, 1]))
     close(r.weights, [0.01, 1]), close(r.grad, [1, 1])
 
@@ -30,7 +30,7 @@ def test_nash_solves_bargaining_equation(seed):
     alpha = r.weights.double().numpy()
     assert np.all(alpha > 0)
     close(alpha * (K @ alpha), np.ones(3), atol=1e-5)
-    close(r.head_scales, alpha)
+    close(r.own_scales, alpha)
 
 
 def test_nash_fallback_is_logged_and_counted(monkeypatch):

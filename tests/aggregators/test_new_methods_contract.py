@@ -4,7 +4,7 @@ import pytest
 import torch
 from agg_props import TASKS, random_grads
 
-from projects.allinone.engine.aggregators import GramianAggregator, LinearAggregator
+from projects.allinone.engine.aggregators import GramianAggregator, TaskScalingAggregator
 
 from projects.allinone.methods import METHOD_PRESETS, method_optim_overrides
 from projects.allinone.engine.aggregators.base import build_aggregator
@@ -28,7 +28,7 @@ def test_preset_builds_its_class_of_its_family(name):
     agg = build_aggregator(method_optim_overrides(name)['aggregator'])
     assert type(agg).__name__ == cls and repr(agg).startswith(cls)
     agg.bind(TASKS)
-    assert agg.streaming == (family == 'scalariser') == isinstance(agg, LinearAggregator)
+    assert agg.streaming == (family == 'scalariser') == isinstance(agg, TaskScalingAggregator)
     assert isinstance(agg, GramianAggregator) == (family == 'gram')
     assert 'clip_grad' not in method_optim_overrides(name)
 
@@ -43,7 +43,7 @@ def test_zero_gradients_give_finite_results_in_the_gradients_dtype(name, zero_ro
     for _ in range(2):
         r = agg.aggregate(grads, torch.tensor([1.0, 2.0, 0.5]), torch.ones(3), TASKS)
         assert r.grad.dtype == torch.float32 and r.grad.shape == (10,)
-        for t in (r.grad, r.weights, r.head_scales):
+        for t in (r.grad, r.weights, r.own_scales):
             assert torch.isfinite(t).all()
         if len(zero_rows) == 3:
             assert float(r.grad.abs().max()) == 0

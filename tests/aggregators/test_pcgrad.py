@@ -39,7 +39,7 @@ def test_pcgrad_known_answers():
     close(r.grad, [0, 0])
     r = run(agg, G([100, 0], [-1, 1]))                   # dominating and conflicting
     close(r.grad, [50, 51]), close(r.weights, [1.01, 51])  # (100,0) + 50 g2 and g2 + g1 / 100
-    close(r.head_scales, [1, 1])
+    close(r.own_scales, [1, 1])
     close(run(PCGradAggregator(reduction='mean'), G([1, 0], [-1, 1])).grad, [0.25, 0.75])
 
 

@@ -30,7 +30,7 @@ def test_warmup_nadir_then_closed_form(mu):
         else:
             nadir = (stream[2][1].numpy() + stream[3][1].numpy()) / 2
             close(r.weights, stch_weights(losses.numpy(), nadir, mu), rtol=1e-9)
-        close(r.head_scales, r.weights)
+        close(r.own_scales, r.weights)
         torch.testing.assert_close(r.grad, r.weights @ grads, rtol=0, atol=0)
     close([agg.state_dict()['nadir'][t] for t in TASKS], nadir)
 

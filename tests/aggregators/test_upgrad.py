@@ -34,7 +34,7 @@ def test_update_never_conflicts(seed):
     scale = float(grads.pow(2).sum(1).max())
     assert float((grads @ r.grad).min()) >= -1e-9 * scale
     torch.testing.assert_close(r.grad, r.weights @ grads, rtol=0, atol=0)
-    close(r.head_scales, np.ones(4))
+    close(r.own_scales, np.ones(4))
 
 
 def test_known_answers():

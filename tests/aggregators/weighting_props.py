@@ -46,19 +46,19 @@ def loss_stream(steps=8, n=40, seed=0, tasks=TASKS):
 
 
 def streaming_step(agg, grads, losses, tasks):
-    """What the optim wrapper does in streaming mode: factors task by task, then finish."""
+    """What the optim wrapper does in streaming mode: factors task by task, then combine_factors."""
     norms = torch.linalg.vector_norm(grads, dim=1)
     head = torch.zeros_like(norms)
     factors = torch.tensor([agg.task_factor(float(n), 0.0, float(l), t) for n, l, t in zip(norms, losses, tasks)],
                            dtype=torch.float64)
-    weights, head_scales, scale = agg.finish(norms, head, factors, losses, tasks)
+    weights, own_scales, scale = agg.combine_factors(norms, head, factors, losses, tasks)
     grad = scale * (factors @ grads)
-    return grad, weights, head_scales
+    return grad, weights, own_scales
 
 
 def matrix_step(agg, grads, losses, tasks):
     r = agg.aggregate(grads, losses, torch.zeros(len(tasks), dtype=grads.dtype), tasks)
-    return r.grad, r.weights, r.head_scales
+    return r.grad, r.weights, r.own_scales
 
 
 # ---------------------------------------------------------------------------- the common contract

@@ -6,7 +6,7 @@ every method named in its config from the ``ROUTING`` registry, whose names are 
 (``model.grad_split``, ``model.recon``), and calls only the methods below; it knows no method by
 name. A new method is one folder under ``routing/`` and one registry entry.
 """
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -51,6 +51,15 @@ class RoutingMethod:
 
     def after_init_weights(self, model: nn.Module) -> None:
         """Called after the model's weights are initialised (or loaded as pretrained)."""
+
+
+def model_name(modules: Dict[str, nn.Module], name: str) -> Optional[str]:
+    """The model's name of a module given by its model name (``'backbone.layer4'``) or its name in the
+    backbone (``'layer4'``); ``None`` when neither names a module of ``modules`` (``named_modules()``)."""
+    for candidate in (name, f'backbone.{name}'):
+        if candidate and candidate in modules:
+            return candidate
+    return None
 
 
 def build_routing(key: str, cfg, model: nn.Module, tasks: Sequence[str],

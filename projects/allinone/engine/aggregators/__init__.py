@@ -1,5 +1,5 @@
 """Multi-task gradient methods: one file per method, all behind :class:`GradAggregator`."""
-from .base import AggregateResult, GradAggregator, LinearAggregator
+from .base import AggregateResult, GradAggregator, TaskScalingAggregator
 from .sum import SumAggregator
 from .tbgc import TBGCAggregator
 from .dwa import DWAAggregator
@@ -32,7 +32,7 @@ from .stch import STCHAggregator
 from .gls import GLSAggregator
 from .imtl_l import IMTLLAggregator
 
-__all__ = ['AggregateResult', 'GradAggregator', 'LinearAggregator', 'SumAggregator', 'TBGCAggregator',
+__all__ = ['AggregateResult', 'GradAggregator', 'TaskScalingAggregator', 'SumAggregator', 'TBGCAggregator',
            'DWAAggregator', 'EqualAggregator', 'FAMOAggregator', 'GradNormAggregator', 'MaxGNRAggregator',
            'RLWAggregator', 'UncertaintyAggregator',
            'AlignedMTLAggregator', 'CAGradAggregator', 'GradVacAggregator', 'IMTLGAggregator', 'MGDAAggregator',

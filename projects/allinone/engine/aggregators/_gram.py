@@ -33,15 +33,15 @@ def gram_matrix(grads: Tensor, chunk: int = GRAM_CHUNK) -> np.ndarray:
     return (K + K.T) / 2
 
 
-def make_result(grads: Tensor, weights, head_scales=None) -> AggregateResult:
+def make_result(grads: Tensor, weights, own_scales=None) -> AggregateResult:
     """``grad = weights @ grads`` with the weights exactly as returned (in the gradients' dtype)."""
     w = torch.as_tensor(np.asarray(weights, dtype=np.float64)).to(grads.dtype)
     grad = w.to(grads.device) @ grads
-    if head_scales is None:
+    if own_scales is None:
         head = torch.ones(len(w), dtype=grads.dtype)
     else:
-        head = torch.as_tensor(np.asarray(head_scales, dtype=np.float64)).to(grads.dtype)
-    return AggregateResult(grad=grad, weights=w, head_scales=head)
+        head = torch.as_tensor(np.asarray(own_scales, dtype=np.float64)).to(grads.dtype)
+    return AggregateResult(grad=grad, weights=w, own_scales=head)
 
 
 def random_order(T: int, skip: int, generator: torch.Generator):

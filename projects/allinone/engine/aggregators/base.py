@@ -2,16 +2,16 @@
 
 A method sees the per-task gradients of the *shared* parameters, never the model:
 
-    result = method.aggregate(grads, losses, head_norms, tasks)
+    result = method.aggregate(grads, losses, own_norms, tasks)
 
 ``grads`` is a ``(T, n)`` matrix (row t: task t's gradient of the shared parameters, flattened,
-unscaled), ``losses`` and ``head_norms`` are ``(T,)`` (head_norms: the norm of each task's gradient
+unscaled), ``losses`` and ``own_norms`` are ``(T,)`` (own_norms: the norm of each task's gradient
 on its own, non-shared parameters) and ``tasks`` names the task of each row. The rows are normally
 every bound task in bound order, but a task skipped for a non-finite gradient is missing from that
 step: stateful methods keep their state by task name and leave a missing task's state as it is.
 It returns :class:`AggregateResult`: the combined shared gradient, the effective weight of each
 task on it (for logs) and the factor applied to each task's own parameters. Methods that are linear
-with weights computable one task at a time (:class:`LinearAggregator`) also run in a streaming mode
+with weights computable one task at a time (:class:`TaskScalingAggregator`) also run in a streaming mode
 where the optim wrapper never holds the T gradients at once; both modes give the same result
 (tested).
 """
@@ -74,7 +74,7 @@ def check_seed(owner: str, value) -> int:
 class AggregateResult:
     grad: Tensor           # (n,) combined gradient of the shared parameters
     weights: Tensor        # (T,) effective weight of each task on the shared parameters
-    head_scales: Tensor    # (T,) factor applied to each task's own (non-shared) gradient
+    own_scales: Tensor    # (T,) factor applied to each task's own (non-shared) gradient
 
 
 class GradAggregator:
@@ -100,11 +100,11 @@ class GradAggregator:
                              f'model has {list(tasks)}')
         self.tasks = list(tasks)
 
-    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
+    def aggregate(self, grads: Tensor, losses: Tensor, own_norms: Optional[Tensor] = None,
                   tasks: Optional[Sequence[str]] = None) -> AggregateResult:
         raise NotImplementedError
 
-    def row_tasks(self, n_rows: int, tasks: Optional[Sequence[str]] = None) -> List[str]:
+    def tasks_of_rows(self, n_rows: int, tasks: Optional[Sequence[str]] = None) -> List[str]:
         """The task names of the ``n_rows`` rows: ``tasks`` if given, else the bound tasks."""
         if tasks is None:
             tasks = self.tasks if len(self.tasks) == n_rows else [f'task{i}' for i in range(n_rows)]
@@ -144,45 +144,45 @@ def row_norms(grads: Tensor, chunk: int = NORM_CHUNK) -> Tensor:
     return total.sqrt().cpu()
 
 
-class LinearAggregator(GradAggregator):
+class TaskScalingAggregator(GradAggregator):
     """``g = s * sum_t f_t g_t``: ``f_t`` from task t's own statistics, ``s`` once all are known.
 
     Subclasses implement :meth:`task_factor` and optionally :meth:`common_scale` and
-    :meth:`head_scale`. :meth:`aggregate` is derived from them, so the streaming path of the optim
+    :meth:`own_scales`. :meth:`aggregate` is derived from them, so the streaming path of the optim
     wrapper and the matrix path compute the same thing.
     """
 
     streaming = True
 
-    def task_factor(self, norm: float, head_norm: float, loss: float, task: Optional[str] = None) -> float:
+    def task_factor(self, norm: float, own_norm: float, loss: float, task: Optional[str] = None) -> float:
         """The factor of ``task``'s gradient, from its shared and own gradient norms and its loss."""
         raise NotImplementedError
 
-    def common_scale(self, norms: Tensor, head_norms: Tensor, factors: Tensor) -> float:
+    def common_scale(self, norms: Tensor, own_norms: Tensor, factors: Tensor) -> float:
         return 1.0
 
-    def head_scales(self, factors: Tensor, scale: float, head_norms: Tensor) -> Tensor:
+    def own_scales(self, factors: Tensor, scale: float, own_norms: Tensor) -> Tensor:
         """Factor for each task's own parameters; default: the same as on the shared ones."""
         return factors * scale
 
-    def finish(self, norms: Tensor, head_norms: Tensor, factors: Tensor, losses: Optional[Tensor] = None,
+    def combine_factors(self, norms: Tensor, own_norms: Tensor, factors: Tensor, losses: Optional[Tensor] = None,
                tasks: Optional[Sequence[str]] = None):
-        """Once every task's factor is known: ``(weights, head_scales, common scale)``.
+        """Once every task's factor is known: ``(weights, own_scales, common scale)``.
 
         Stateful methods update their state here (it runs once per aggregated step in both modes).
         """
-        scale = float(self.common_scale(norms, head_norms, factors))
-        return factors * scale, self.head_scales(factors, scale, head_norms), scale
+        scale = float(self.common_scale(norms, own_norms, factors))
+        return factors * scale, self.own_scales(factors, scale, own_norms), scale
 
-    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
+    def aggregate(self, grads: Tensor, losses: Tensor, own_norms: Optional[Tensor] = None,
                   tasks: Optional[Sequence[str]] = None) -> AggregateResult:
-        tasks = self.row_tasks(len(grads), tasks)
+        tasks = self.tasks_of_rows(len(grads), tasks)
         norms = row_norms(grads)
-        head_norms = torch.zeros_like(norms) if head_norms is None else head_norms
+        own_norms = torch.zeros_like(norms) if own_norms is None else own_norms
         factors = torch.tensor([self.task_factor(float(n), float(h), float(l), t)
-                                for n, h, l, t in zip(norms, head_norms, losses, tasks)], dtype=grads.dtype)
-        weights, head, _ = self.finish(norms, head_norms, factors, losses, tasks)
-        return AggregateResult(grad=weights.to(grads) @ grads, weights=weights, head_scales=head)
+                                for n, h, l, t in zip(norms, own_norms, losses, tasks)], dtype=grads.dtype)
+        weights, head, _ = self.combine_factors(norms, own_norms, factors, losses, tasks)
+        return AggregateResult(grad=weights.to(grads) @ grads, weights=weights, own_scales=head)
 
 
 def build_aggregator(cfg: Union[dict, GradAggregator]) -> GradAggregator:

@@ -24,7 +24,7 @@ class CAGradAggregator(GramianAggregator):
     Like the official code (Cranial-XIX/CAGrad, ``cagrad`` + ``overwrite_grad``), ``d`` is then
     divided by the ``rescale`` factor and multiplied by T (``reduction='sum'``) "to match the sum
     loss": with no conflict and ``c = 0`` the update is the sum of the task gradients. Heads get
-    their plain gradients (``head_scales`` 1), as in the official code.
+    their plain gradients (``own_scales`` 1), as in the official code.
 
     Args:
         c: radius of the ball relative to ``|g0|`` (default 0.4, the paper's NYUv2/Cityscapes value);

@@ -4,7 +4,7 @@ from typing import List, Sequence, Union
 import torch
 
 from ...registry import AGGREGATORS
-from .base import AggregateResult, GradAggregator, LinearAggregator, build_aggregator
+from .base import AggregateResult, GradAggregator, TaskScalingAggregator, build_aggregator
 
 
 @AGGREGATORS.register_module()
@@ -16,7 +16,7 @@ class ChainAggregator(GradAggregator):
         aggregator=dict(type='ChainAggregator', steps=[
             dict(type='TBGCAggregator', max_norm=0.1), dict(type='PCGradAggregator')])
 
-    Every step but the last must be a :class:`LinearAggregator` (a per-task factor: TBGC, Equal,
+    Every step but the last must be a :class:`TaskScalingAggregator` (a per-task factor: TBGC, Equal,
     loss weightings): its factor ``f_t`` multiplies task t's shared gradient (``g_t <- f_t g_t``)
     and its head factor multiplies task t's own gradient, as if the task's loss had been scaled.
     The last step then sees the rescaled rows and the rescaled head norms. The reported weight of
@@ -42,9 +42,9 @@ class ChainAggregator(GradAggregator):
                 raise ValueError(f'ChainAggregator.steps[{i}] must be an aggregator config dict or instance, got {s!r}')
             self.steps.append(build_aggregator(s))
         for i, s in enumerate(self.steps[:-1]):
-            if not isinstance(s, LinearAggregator):
+            if not isinstance(s, TaskScalingAggregator):
                 raise ValueError(f'ChainAggregator.steps[{i}] ({type(s).__name__}) is not a per-task rescaling '
-                                 '(LinearAggregator); only the last step may combine the gradients otherwise')
+                                 '(TaskScalingAggregator); only the last step may combine the gradients otherwise')
 
     @property
     def fallbacks(self):
@@ -57,21 +57,21 @@ class ChainAggregator(GradAggregator):
         for s in self.steps:
             s.bind(tasks)
 
-    def aggregate(self, grads, losses, head_norms=None, tasks=None) -> AggregateResult:
-        tasks = self.row_tasks(len(grads), tasks)
-        head_norms = torch.zeros(len(grads), dtype=grads.dtype) if head_norms is None else head_norms
+    def aggregate(self, grads, losses, own_norms=None, tasks=None) -> AggregateResult:
+        tasks = self.tasks_of_rows(len(grads), tasks)
+        own_norms = torch.zeros(len(grads), dtype=grads.dtype) if own_norms is None else own_norms
         shared = torch.ones(len(grads), dtype=torch.float64)
         own = torch.ones(len(grads), dtype=torch.float64)
         rows = grads
         for step in self.steps[:-1]:
-            r = step.aggregate(rows, losses, head_norms, tasks)
-            f, h = r.weights.to(torch.float64), r.head_scales.to(torch.float64)
+            r = step.aggregate(rows, losses, own_norms, tasks)
+            f, h = r.weights.to(torch.float64), r.own_scales.to(torch.float64)
             rows = rows * f.to(rows)[:, None]
-            head_norms = head_norms * h.abs().to(head_norms)
+            own_norms = own_norms * h.abs().to(own_norms)
             shared, own = shared * f, own * h
-        r = self.steps[-1].aggregate(rows, losses, head_norms, tasks)
+        r = self.steps[-1].aggregate(rows, losses, own_norms, tasks)
         return AggregateResult(grad=r.grad, weights=(r.weights.to(torch.float64) * shared).to(r.weights.dtype),
-                               head_scales=(r.head_scales.to(torch.float64) * own).to(r.head_scales.dtype))
+                               own_scales=(r.own_scales.to(torch.float64) * own).to(r.own_scales.dtype))
 
     def state_dict(self):
         return {str(i): s.state_dict() for i, s in enumerate(self.steps)}

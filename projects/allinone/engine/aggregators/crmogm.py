@@ -65,25 +65,26 @@ class CRMOGMAggregator(GradAggregator):
             avg[t] = self.alpha * avg[t] + (1 - self.alpha) * v if t in avg else v
         return np.array([avg[t] for t in tasks])
 
-    def aggregate(self, grads, losses, head_norms=None, tasks=None):
-        tasks = self.row_tasks(len(grads), tasks)
+    def aggregate(self, grads, losses, own_norms=None, tasks=None):
+        tasks = self.tasks_of_rows(len(grads), tasks)
         if isinstance(self.method, GramianAggregator):
             loss = np.asarray([float(x) for x in losses], dtype=np.float64)
             out = self.method.weights_from_gram(gram_matrix(grads), loss, tasks)
             w_hat, h_hat = out if isinstance(out, tuple) else (out, np.ones(len(tasks)))
         else:
-            r = self.method.aggregate(grads, losses, head_norms, tasks)
-            w_hat, h_hat = r.weights.double().cpu().numpy(), r.head_scales.double().cpu().numpy()
+            r = self.method.aggregate(grads, losses, own_norms, tasks)
+            w_hat, h_hat = r.weights.double().cpu().numpy(), r.own_scales.double().cpu().numpy()
         weights = self._smooth(self._weights, tasks, np.asarray(w_hat, dtype=np.float64).tolist())
         heads = self._smooth(self._heads, tasks, np.asarray(h_hat, dtype=np.float64).tolist())
         return make_result(grads, weights, heads)
 
     def state_dict(self):
-        return dict(weights=dict(self._weights), head_scales=dict(self._heads), method=self.method.state_dict())
+        return dict(weights=dict(self._weights), own_scales=dict(self._heads), method=self.method.state_dict())
 
     def load_state_dict(self, state):
         self._weights = {str(k): float(v) for k, v in state.get('weights', {}).items()}
-        self._heads = {str(k): float(v) for k, v in state.get('head_scales', {}).items()}
+        heads = state.get('own_scales', state.get('head_scales', {}))  # 'head_scales': older checkpoints
+        self._heads = {str(k): float(v) for k, v in heads.items()}
         self.method.load_state_dict(state.get('method', {}))
 
     def __repr__(self):

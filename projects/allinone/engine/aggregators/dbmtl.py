@@ -46,9 +46,9 @@ class DBMTLAggregator(GradAggregator):
         self._step = 0
         self._m: Dict[str, Tensor] = {}
 
-    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
+    def aggregate(self, grads: Tensor, losses: Tensor, own_norms: Optional[Tensor] = None,
                   tasks: Optional[Sequence[str]] = None) -> AggregateResult:
-        tasks = self.row_tasks(len(grads), tasks)
+        tasks = self.tasks_of_rows(len(grads), tasks)
         self._step += 1
         beta = self.beta / self._step ** self.beta_sigma
         log_coef = np.array([1.0 / (max(float(x), 0.0) + self.eps) for x in losses])
@@ -63,7 +63,7 @@ class DBMTLAggregator(GradAggregator):
         for m, a in zip(M, alpha):
             grad.add_(m, alpha=float(a))
         return AggregateResult(grad=grad, weights=torch.tensor(alpha * (1 - beta) * log_coef, dtype=grads.dtype),
-                               head_scales=torch.tensor(log_coef, dtype=grads.dtype))
+                               own_scales=torch.tensor(log_coef, dtype=grads.dtype))
 
     def state_dict(self):
         return dict(step=self._step, m={t: m.clone() for t, m in self._m.items()})

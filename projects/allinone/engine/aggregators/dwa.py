@@ -4,11 +4,11 @@ from typing import Dict, List, Optional
 import torch
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator, check_number
+from .base import TaskScalingAggregator, check_number
 
 
 @AGGREGATORS.register_module()
-class DWAAggregator(LinearAggregator):
+class DWAAggregator(TaskScalingAggregator):
     """Weight each task by how slowly its loss falls: ``w_t = T softmax_t(r_t / temperature)``.
 
     ``r_t = Lbar_t(k-1) / Lbar_t(k-2)``, the ratio of task t's mean loss over the last two completed
@@ -42,13 +42,13 @@ class DWAAggregator(LinearAggregator):
         self._means: Dict[str, List[float]] = {}  # the last two window means, oldest first
         self._weights: Dict[str, float] = {}      # the weights of the current window
 
-    def task_factor(self, norm, head_norm, loss, task=None):
+    def task_factor(self, norm, own_norm, loss, task=None):
         return self._weights.get(task, 1.0)
 
-    def finish(self, norms, head_norms, factors, losses=None, tasks=None):
-        out = super().finish(norms, head_norms, factors, losses, tasks)
+    def combine_factors(self, norms, own_norms, factors, losses=None, tasks=None):
+        out = super().combine_factors(norms, own_norms, factors, losses, tasks)
         if losses is not None:
-            for t, loss in zip(self.row_tasks(len(factors), tasks), losses.tolist()):
+            for t, loss in zip(self.tasks_of_rows(len(factors), tasks), losses.tolist()):
                 self._sum[t] = self._sum.get(t, 0.0) + loss
                 self._count[t] = self._count.get(t, 0) + 1
         self._step += 1

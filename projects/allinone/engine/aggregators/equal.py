@@ -2,11 +2,11 @@
 from typing import Dict, Optional
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator, check_number
+from .base import TaskScalingAggregator, check_number
 
 
 @AGGREGATORS.register_module()
-class EqualAggregator(LinearAggregator):
+class EqualAggregator(TaskScalingAggregator):
     """Fixed loss weights: ``L = sum_t w_t L_t``, so task t's shared and own gradients are scaled by w_t.
 
     With no ``weights`` every task has weight 1 (the same as :class:`SumAggregator`); the point of
@@ -35,5 +35,5 @@ class EqualAggregator(LinearAggregator):
             raise ValueError(f'EqualAggregator.weights names tasks {unknown} that the model does not have '
                              f'(tasks: {self.tasks})')
 
-    def task_factor(self, norm, head_norm, loss, task=None):
+    def task_factor(self, norm, own_norm, loss, task=None):
         return self.weights.get(task, self.default)

@@ -57,9 +57,9 @@ class ExcessMTLAggregator(GradAggregator):
         self._sq_sum[task] = S
         return float(torch.dot(sq, torch.add(S, 1e-7, out=inv).rsqrt_()))
 
-    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
+    def aggregate(self, grads: Tensor, losses: Tensor, own_norms: Optional[Tensor] = None,
                   tasks: Optional[Sequence[str]] = None) -> AggregateResult:
-        tasks = self.row_tasks(len(grads), tasks)
+        tasks = self.tasks_of_rows(len(grads), tasks)
         scratch = (torch.empty_like(grads[0]), torch.empty_like(grads[0]))
         for i, t in enumerate(tasks):
             e = self.excess_risk(t, grads[i], scratch)

@@ -6,11 +6,11 @@ import torch
 
 from ...registry import AGGREGATORS
 from ._scalar_optim import ScalarOptimizer
-from .base import LinearAggregator, check_number
+from .base import TaskScalingAggregator, check_number
 
 
 @AGGREGATORS.register_module()
-class FAMOAggregator(LinearAggregator):
+class FAMOAggregator(TaskScalingAggregator):
     """Balance the decrease of the *log* losses with learnt task logits ``xi``.
 
     With ``z = softmax(xi)`` the step descends ``sum_t z_t log L_t`` rescaled by
@@ -56,19 +56,19 @@ class FAMOAggregator(LinearAggregator):
     def _d(self, loss: float) -> float:
         return max(float(loss), 0.0) + self.eps
 
-    def task_factor(self, norm, head_norm, loss, task=None):
+    def task_factor(self, norm, own_norm, loss, task=None):
         # z_t / L_t up to the softmax normaliser, which cancels in c (common_scale)
         top = max(self._xi.values(), default=0.0)
         return math.exp(self._xi.get(task, 0.0) - top) / self._d(loss)
 
-    def common_scale(self, norms, head_norms, factors):
+    def common_scale(self, norms, own_norms, factors):
         total = float(factors.sum())
         return 1.0 / total if total > 0 else 0.0
 
-    def finish(self, norms, head_norms, factors, losses=None, tasks=None):
-        out = super().finish(norms, head_norms, factors, losses, tasks)
+    def combine_factors(self, norms, own_norms, factors, losses=None, tasks=None):
+        out = super().combine_factors(norms, own_norms, factors, losses, tasks)
         if losses is not None:
-            self._update(self.row_tasks(len(factors), tasks), losses.tolist())
+            self._update(self.tasks_of_rows(len(factors), tasks), losses.tolist())
         return out
 
     def _update(self, tasks: List[str], losses: List[float]) -> None:

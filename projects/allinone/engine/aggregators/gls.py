@@ -4,11 +4,11 @@ import math
 import torch
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator, check_number
+from .base import TaskScalingAggregator, check_number
 
 
 @AGGREGATORS.register_module()
-class GLSAggregator(LinearAggregator):
+class GLSAggregator(TaskScalingAggregator):
     """Descend the geometric mean of the losses, ``(prod_t L_t)^(1/T)``.
 
     "MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss Strategy for Multi-Task
@@ -39,12 +39,12 @@ class GLSAggregator(LinearAggregator):
             raise ValueError(f'GLSAggregator: the geometric mean needs finite losses, got {loss}')
         return max(loss, self.eps)
 
-    def task_factor(self, norm, head_norm, loss, task=None):
+    def task_factor(self, norm, own_norm, loss, task=None):
         return 1.0 / self._loss(loss)
 
-    def finish(self, norms, head_norms, factors, losses=None, tasks=None):
+    def combine_factors(self, norms, own_norms, factors, losses=None, tasks=None):
         if losses is None:
             raise ValueError('GLSAggregator needs the losses of the step')
         logs = [math.log(self._loss(x)) for x in torch.as_tensor(losses).tolist()]
         scale = math.exp(sum(logs) / len(logs)) / len(logs) if logs else 0.0
-        return factors * scale, self.head_scales(factors, scale, head_norms), scale
+        return factors * scale, self.own_scales(factors, scale, own_norms), scale

@@ -79,9 +79,9 @@ class GradDropAggregator(GradAggregator):
         gen = torch.Generator(device=like.device).manual_seed(self.step_seed())
         return torch.rand(n, generator=gen, device=like.device, dtype=like.dtype)
 
-    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
+    def aggregate(self, grads: Tensor, losses: Tensor, own_norms: Optional[Tensor] = None,
                   tasks: Optional[Sequence[str]] = None) -> AggregateResult:
-        tasks = self.row_tasks(len(grads), tasks)
+        tasks = self.tasks_of_rows(len(grads), tasks)
         T, n = grads.shape
         leaks = [self._leak(t) for t in tasks]
         S = grads.sum(0)
@@ -108,7 +108,7 @@ class GradDropAggregator(GradAggregator):
             on_kept = float(torch.linalg.vector_norm(torch.mul(grads[i], sgn, out=buf).clamp_min_(0))) ** 2
             total, leak = norms2[i], leaks[i]       # kept coordinates: sgn_j g_ij > 0
             kept[i] = math.sqrt(leak ** 2 * total + (1 - leak ** 2) * on_kept) / math.sqrt(total) if total > 0 else 0.0
-        return AggregateResult(grad=grad, weights=kept.to(grads.dtype), head_scales=torch.ones(T, dtype=grads.dtype))
+        return AggregateResult(grad=grad, weights=kept.to(grads.dtype), own_scales=torch.ones(T, dtype=grads.dtype))
 
     def state_dict(self):
         return dict(step=self._step)

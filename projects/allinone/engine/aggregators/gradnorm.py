@@ -6,11 +6,11 @@ import torch
 
 from ...registry import AGGREGATORS
 from ._scalar_optim import ScalarOptimizer
-from .base import LinearAggregator, check_number
+from .base import TaskScalingAggregator, check_number
 
 
 @AGGREGATORS.register_module()
-class GradNormAggregator(LinearAggregator):
+class GradNormAggregator(TaskScalingAggregator):
     """Learn loss weights so that the weighted task gradients have norms set by training rates.
 
     With ``G_t = w_t ||g_t||`` (the norm of the weighted task gradient), ``Gbar`` their mean,
@@ -56,13 +56,13 @@ class GradNormAggregator(LinearAggregator):
         self._w: Dict[str, float] = {}
         self._initial_loss: Dict[str, float] = {}
 
-    def task_factor(self, norm, head_norm, loss, task=None):
+    def task_factor(self, norm, own_norm, loss, task=None):
         return self._w.get(task, 1.0)
 
-    def finish(self, norms, head_norms, factors, losses=None, tasks=None):
-        out = super().finish(norms, head_norms, factors, losses, tasks)
+    def combine_factors(self, norms, own_norms, factors, losses=None, tasks=None):
+        out = super().combine_factors(norms, own_norms, factors, losses, tasks)
         if losses is not None and len(factors):
-            self._update(self.row_tasks(len(factors), tasks), norms.tolist(), losses.tolist())
+            self._update(self.tasks_of_rows(len(factors), tasks), norms.tolist(), losses.tolist())
         return out
 
     def _update(self, tasks, norms, losses):

@@ -6,15 +6,16 @@ import numpy as np
 import torch
 
 from ...registry import AGGREGATORS
-from ._gram import gram_matrix, make_result, random_order
-from .base import GradAggregator, check_number, check_seed
+from ._gram import random_order
+from .base import check_number, check_seed
+from .gramian import GramianAggregator
 
 #: a target cosine this close to +-1 cannot be reached by a finite step; the pair is not adjusted
 _TARGET_LIMIT = 1e-12
 
 
 @AGGREGATORS.register_module()
-class GradVacAggregator(GradAggregator):
+class GradVacAggregator(GramianAggregator):
     """Move each pair's gradient cosine up to an EMA target, not merely to zero as PCGrad does.
 
     "Gradient Vaccine: Investigating and Improving Multi-task Optimization in Massively Multilingual
@@ -27,7 +28,7 @@ class GradVacAggregator(GradAggregator):
     which makes ``cos(g_i', g_j) = phi_hat_ij`` exactly; then (always)
     ``phi_hat_ij = (1 - beta) phi_hat_ij + beta phi``. The update is ``sum_i g_i'``. Targets start
     at 0, so the first step is PCGrad. Computed on the Gram matrix with a coefficient matrix, so
-    ``weights`` is each task's exact coefficient; heads get their plain gradients (``head_scales`` 1).
+    ``weights`` is each task's exact coefficient; heads get their plain gradients (``own_scales`` 1).
 
     State: ``phi_hat`` per *ordered* task-name pair (i, j) (``phi`` is measured on the already
     adjusted ``g_i'``, so it is not symmetric), kept across a missing task; saved in the checkpoint
@@ -71,9 +72,8 @@ class GradVacAggregator(GradAggregator):
                 self._targets.setdefault(tasks[i], {})[tasks[j]] = float((1 - self.beta) * target + self.beta * phi)
         return C
 
-    def aggregate(self, grads, losses, head_norms=None, tasks=None):
-        tasks = self.row_tasks(len(grads), tasks)
-        return make_result(grads, self.coefficients(gram_matrix(grads), tasks).sum(0))
+    def weights_from_gram(self, K, losses, tasks):
+        return self.coefficients(K, tasks).sum(0)
 
     def state_dict(self):
         return dict(targets={i: dict(row) for i, row in self._targets.items()}, generator=self._gen.get_state())

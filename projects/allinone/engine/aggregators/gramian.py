@@ -21,7 +21,7 @@ class GramianAggregator(GradAggregator):
     """``grad = w @ grads`` with ``w = weights_from_gram(K, losses, tasks)``, ``K = grads @ grads.T``.
 
     Subclasses implement :meth:`weights_from_gram`. It returns the ``(T,)`` weights, or a pair
-    ``(weights, head_scales)`` when the method also scales each task's own (non-shared) gradient;
+    ``(weights, own_scales)`` when the method also scales each task's own (non-shared) gradient;
     without head scales every head gets its plain gradient (factor 1).
     """
 
@@ -29,11 +29,11 @@ class GramianAggregator(GradAggregator):
         """The weights of the rows from their Gram matrix ``K`` (float64, symmetric) and losses."""
         raise NotImplementedError
 
-    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
+    def aggregate(self, grads: Tensor, losses: Tensor, own_norms: Optional[Tensor] = None,
                   tasks: Optional[Sequence[str]] = None) -> AggregateResult:
         if grads.dim() != 2:
             raise ValueError(f'{type(self).__name__}: grads must be a (T, n) matrix, got shape {tuple(grads.shape)}')
-        tasks = self.row_tasks(len(grads), tasks)
+        tasks = self.tasks_of_rows(len(grads), tasks)
         loss = np.ones(len(grads)) if losses is None else np.asarray(
             [float(x) for x in losses], dtype=np.float64)
         if len(loss) != len(grads):

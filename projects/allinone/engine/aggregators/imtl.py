@@ -16,7 +16,7 @@ class IMTLGAggregator(GramianAggregator):
     T x T linear system, solved here on the Gram matrix: rows ``(u_t - u_1) . g_s`` and a row of
     ones. No sign constraint: an ``alpha_t`` can be negative.
 
-    Heads get their plain gradients (``head_scales`` 1): the paper's loss part (IMTL-L, learnt loss
+    Heads get their plain gradients (``own_scales`` 1): the paper's loss part (IMTL-L, learnt loss
     scales) is a separate method; IMTL-G alone acts on the shared parameters.
 
     Departures: the system is solved by least squares, so a degenerate set (two tasks with the same

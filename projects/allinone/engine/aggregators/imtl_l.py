@@ -6,7 +6,7 @@ import torch
 
 from ...registry import AGGREGATORS
 from ._scalar_optim import ScalarOptimizer
-from .base import LinearAggregator, check_number
+from .base import TaskScalingAggregator, check_number
 
 
 class LossScales:
@@ -43,7 +43,7 @@ class LossScales:
 
 
 @AGGREGATORS.register_module()
-class IMTLLAggregator(LinearAggregator):
+class IMTLLAggregator(TaskScalingAggregator):
     """Learnt loss scales: minimise ``sum_t e^{s_t} L_t - s_t`` in the network and in ``s``.
 
     "Towards Impartial Multi-task Learning" (Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang; ICLR
@@ -72,13 +72,13 @@ class IMTLLAggregator(LinearAggregator):
         """The current ``s_t`` of ``task``."""
         return self._scales.s.get(task, self.init)
 
-    def task_factor(self, norm, head_norm, loss, task=None):
+    def task_factor(self, norm, own_norm, loss, task=None):
         return self._scales.scale(task)
 
-    def finish(self, norms, head_norms, factors, losses=None, tasks=None):
-        out = super().finish(norms, head_norms, factors, losses, tasks)
+    def combine_factors(self, norms, own_norms, factors, losses=None, tasks=None):
+        out = super().combine_factors(norms, own_norms, factors, losses, tasks)
         if losses is not None:
-            self._scales.step(self.row_tasks(len(factors), tasks), torch.as_tensor(losses).tolist())
+            self._scales.step(self.tasks_of_rows(len(factors), tasks), torch.as_tensor(losses).tolist())
         return out
 
     def next_weights(self, tasks: Optional[List[str]] = None) -> torch.Tensor:

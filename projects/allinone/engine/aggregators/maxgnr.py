@@ -249,16 +249,16 @@ class MaxGNRAggregator(GradAggregator):
             hub.update_scalar(f'train/maxgnr.gnr.{t}', value)
 
     # ------------------------------------------------------------------ interface
-    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
+    def aggregate(self, grads: Tensor, losses: Tensor, own_norms: Optional[Tensor] = None,
                   tasks: Optional[Sequence[str]] = None) -> AggregateResult:
-        tasks = self.row_tasks(len(grads), tasks)
+        tasks = self.tasks_of_rows(len(grads), tasks)
         weights = torch.tensor([self._w.get(t, 1.0) for t in tasks], dtype=grads.dtype)
         grad = weights.to(grads) @ grads
         self._observe(grads, tasks)
         self._step += 1
         if self._step >= self.warmup and (self._step - self.warmup) % self.update_interval == 0:
             self._solve()
-        return AggregateResult(grad=grad, weights=weights, head_scales=weights.clone())
+        return AggregateResult(grad=grad, weights=weights, own_scales=weights.clone())
 
     def next_weights(self, tasks: Optional[Sequence[str]] = None) -> Tensor:
         """The weights the next step will use (for logs and tests)."""

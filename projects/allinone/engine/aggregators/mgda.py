@@ -22,7 +22,7 @@ class MGDAAggregator(GramianAggregator):
     each gradient by a normaliser (``normalization``), finds ``alpha`` for the normalised
     gradients, then back-propagates ``sum_t alpha_t L_t``: the shared update is ``sum_t alpha_t
     g_t`` on the *raw* gradients and every task's head is scaled by ``alpha_t``. Both are kept here
-    (``weights = head_scales = alpha``); with ``'none'`` the update is exactly the min-norm point.
+    (``weights = own_scales = alpha``); with ``'none'`` the update is exactly the min-norm point.
 
     MGDA-UB, the paper's fast variant, uses the gradients w.r.t. the shared *representation* of
     one common batch. In AllInOne each task has its own images, so those representation gradients

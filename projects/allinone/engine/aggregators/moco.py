@@ -86,9 +86,9 @@ class MoCoAggregator(GradAggregator):
         self._y: Dict[str, Tensor] = {}
         self._lambda: Dict[str, float] = {}
 
-    def aggregate(self, grads: Tensor, losses: Tensor, head_norms: Optional[Tensor] = None,
+    def aggregate(self, grads: Tensor, losses: Tensor, own_norms: Optional[Tensor] = None,
                   tasks: Optional[Sequence[str]] = None) -> AggregateResult:
-        tasks = self.row_tasks(len(grads), tasks)
+        tasks = self.tasks_of_rows(len(grads), tasks)
         T = len(tasks)
         self._step += 1
         beta = self.beta / self._step ** self.beta_sigma
@@ -110,7 +110,7 @@ class MoCoAggregator(GradAggregator):
         for y, w in zip(Y, lam):
             grad.add_(y, alpha=float(w))
         weights = torch.tensor(lam * beta * coef, dtype=grads.dtype)
-        return AggregateResult(grad=grad, weights=weights, head_scales=torch.ones(T, dtype=grads.dtype))
+        return AggregateResult(grad=grad, weights=weights, own_scales=torch.ones(T, dtype=grads.dtype))
 
     def state_dict(self):
         return dict(step=self._step, y={t: y.clone() for t, y in self._y.items()}, lambda_=dict(self._lambda))

@@ -21,7 +21,7 @@ class NashMTLAggregator(GramianAggregator):
     matrix), i.e. ``d . g_t = 1 / alpha_t`` for every task. Like the paper's code, the weighted loss
     ``sum_t alpha_t L_t`` is what is back-propagated: shared weights and head scales are both
     ``alpha``; then the *shared* gradient is clipped to ``max_norm`` (``weights`` include the clip
-    factor, ``head_scales`` do not).
+    factor, ``own_scales`` do not).
 
     Solver (the official code runs 20 convex-concave iterations of cvxpy/ECOS): ``K alpha = 1/alpha``
     is the stationarity condition of the strictly convex ``f(alpha) = alpha^T K alpha / 2 -

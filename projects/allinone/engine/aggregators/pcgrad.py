@@ -5,12 +5,13 @@ import numpy as np
 import torch
 
 from ...registry import AGGREGATORS
-from ._gram import gram_matrix, make_result, random_order
-from .base import GradAggregator, check_choice, check_seed
+from ._gram import random_order
+from .base import check_choice, check_seed
+from .gramian import GramianAggregator
 
 
 @AGGREGATORS.register_module()
-class PCGradAggregator(GradAggregator):
+class PCGradAggregator(GramianAggregator):
     """Project each task gradient off the normal plane of every gradient it conflicts with.
 
     Algorithm 1 of "Gradient Surgery for Multi-Task Learning" (Yu, Kumar, Gupta, Levine, Hausman,
@@ -25,7 +26,7 @@ class PCGradAggregator(GradAggregator):
     (the same on every rank, so data-parallel replicas project in the same order whatever
     ``randomness.diff_rank_seed`` does to torch's global RNG); its state is saved in the checkpoint,
     so a resumed run continues the same sequence. With two tasks there is nothing to draw. Heads:
-    each task's own parameters get its plain gradient (``head_scales`` 1), as in the paper (surgery
+    each task's own parameters get its plain gradient (``own_scales`` 1), as in the paper (surgery
     acts on shared parameters only).
 
     Args:
@@ -57,13 +58,9 @@ class PCGradAggregator(GradAggregator):
                     C[i, j] -= dot / K[j, j]
         return C
 
-    def aggregate(self, grads, losses, head_norms=None, tasks=None):
-        self.row_tasks(len(grads), tasks)  # validates the row count
-        T = len(grads)
-        weights = self.coefficients(gram_matrix(grads)).sum(0)
-        if self.reduction == 'mean':
-            weights = weights / T
-        return make_result(grads, weights)
+    def weights_from_gram(self, K, losses, tasks):
+        weights = self.coefficients(K).sum(0)
+        return weights / len(K) if self.reduction == 'mean' else weights
 
     def state_dict(self) -> Dict:
         return dict(generator=self._gen.get_state())

@@ -4,16 +4,16 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator, check_number, check_seed
+from .base import TaskScalingAggregator, check_number, check_seed
 
 
 @AGGREGATORS.register_module()
-class RLWAggregator(LinearAggregator):
+class RLWAggregator(TaskScalingAggregator):
     """Fresh random loss weights every step: ``w = total * softmax(eps)``, ``eps ~ N(0, I_T)``.
 
     The weights are positive and sum to ``total`` (1 in the paper: ``softmax`` of standard normal
     samples, its default and best-reported distribution, also LibMTL's). A step's weights must be
-    known before the first task's backward, so they are drawn in :meth:`finish` for the next step
+    known before the first task's backward, so they are drawn in :meth:`combine_factors` for the next step
     (the first at :meth:`bind`, or lazily), one sample per bound task in bound order. A task missing
     from a step just leaves its weight unused.
 
@@ -54,7 +54,7 @@ class RLWAggregator(LinearAggregator):
         super().bind(tasks)
         self._ensure(self.tasks)
 
-    def task_factor(self, norm, head_norm, loss, task=None):
+    def task_factor(self, norm, own_norm, loss, task=None):
         if task not in self._next:
             if not self.tasks:
                 raise RuntimeError('RLWAggregator: bind() the tasks before the streaming path '
@@ -64,13 +64,13 @@ class RLWAggregator(LinearAggregator):
                 raise KeyError(f'RLWAggregator: unknown task {task!r}; bound tasks {self.tasks}')
         return self._next[task]
 
-    def aggregate(self, grads, losses, head_norms=None, tasks=None):
-        self._ensure(self.row_tasks(len(grads), tasks))
-        return super().aggregate(grads, losses, head_norms, tasks)
+    def aggregate(self, grads, losses, own_norms=None, tasks=None):
+        self._ensure(self.tasks_of_rows(len(grads), tasks))
+        return super().aggregate(grads, losses, own_norms, tasks)
 
-    def finish(self, norms, head_norms, factors, losses=None, tasks=None):
-        out = super().finish(norms, head_norms, factors, losses, tasks)
-        self._draw(self._next if self._next else self.row_tasks(len(factors), tasks))
+    def combine_factors(self, norms, own_norms, factors, losses=None, tasks=None):
+        out = super().combine_factors(norms, own_norms, factors, losses, tasks)
+        self._draw(self._next if self._next else self.tasks_of_rows(len(factors), tasks))
         return out
 
     def next_weights(self, tasks: Optional[List[str]] = None) -> torch.Tensor:

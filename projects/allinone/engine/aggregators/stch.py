@@ -7,14 +7,14 @@ import torch
 from mmengine.logging import print_log
 
 from ...registry import AGGREGATORS
-from .base import LinearAggregator, check_number
+from .base import TaskScalingAggregator, check_number
 
 #: largest exponent a task factor may carry into the float32 streaming buffer (e^60 ~ 1e26)
 _EXP_LIMIT = 60.0
 
 
 @AGGREGATORS.register_module()
-class STCHAggregator(LinearAggregator):
+class STCHAggregator(TaskScalingAggregator):
     """Descend ``T mu log sum_t exp(log(L_t / z_t) / mu)`` after a warm-up on ``sum_t log L_t``.
 
     "Smooth Tchebycheff Scalarization for Multi-Objective Optimization" (Lin et al.,
@@ -78,15 +78,15 @@ class STCHAggregator(LinearAggregator):
         """``a_t = log(L_t / z_t) / mu``."""
         return math.log(self._loss(loss) / self.nadir(task, loss)) / self.mu
 
-    def task_factor(self, norm, head_norm, loss, task=None):
+    def task_factor(self, norm, own_norm, loss, task=None):
         if self.warming_up:
             return 1.0 / self._loss(loss)
         return math.exp(min(self.exponent(task, loss) - self._ref, _EXP_LIMIT)) / self._loss(loss)
 
-    def finish(self, norms, head_norms, factors, losses=None, tasks=None):
+    def combine_factors(self, norms, own_norms, factors, losses=None, tasks=None):
         if losses is None:
             raise ValueError('STCHAggregator needs the losses of the step')
-        tasks = self.row_tasks(len(factors), tasks)
+        tasks = self.tasks_of_rows(len(factors), tasks)
         losses = torch.as_tensor(losses).tolist()
         if self.warming_up:
             scale = 1.0
@@ -107,7 +107,7 @@ class STCHAggregator(LinearAggregator):
             if a:
                 self._ref = max(a)
         self._step += 1
-        return factors * scale, self.head_scales(factors, scale, head_norms), scale
+        return factors * scale, self.own_scales(factors, scale, own_norms), scale
 
     def state_dict(self) -> Dict:
         return dict(step=self._step, sum=dict(self._sum), count=dict(self._count), nadir=dict(self._nadir),

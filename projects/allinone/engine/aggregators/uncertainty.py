@@ -6,21 +6,21 @@ import torch
 
 from ...registry import AGGREGATORS
 from ._scalar_optim import ScalarOptimizer
-from .base import LinearAggregator, check_number
+from .base import TaskScalingAggregator, check_number
 
 #: (a, b) of the per-task objective ``a exp(-s) L + b s`` with ``s = log sigma^2``
 KINDS = dict(simple=(1.0, 1.0), regression=(0.5, 0.5), classification=(1.0, 0.5))
 
 
 @AGGREGATORS.register_module()
-class UncertaintyAggregator(LinearAggregator):
+class UncertaintyAggregator(TaskScalingAggregator):
     """Homoscedastic-uncertainty weighting: learn a log-variance ``s_t`` per task.
 
     The total objective is ``sum_t a_t exp(-s_t) L_t + b_t s_t``, so task t's loss weight is
     ``w_t = a_t exp(-s_t)`` (shared and own gradients alike). Its gradient in ``s_t`` is
     ``b_t - a_t exp(-s_t) L_t``, zero at ``s_t = log(a_t L_t / b_t)``: a task with a large loss gets
     a large ``s_t`` and a small weight. The aggregator owns ``s_t`` (the model is not touched): after
-    each step's losses are known (:meth:`finish`) it takes one optimizer step on ``s_t`` with that
+    each step's losses are known (:meth:`combine_factors`) it takes one optimizer step on ``s_t`` with that
     analytic gradient, evaluated at the ``s_t`` the step used. This is what having ``s_t`` as model
     parameters in their own param group (same optimizer, lr ``lr``, no weight decay, not clipped)
     would do; the weights of a step are the ``s_t`` of the step before.
@@ -77,14 +77,14 @@ class UncertaintyAggregator(LinearAggregator):
         """The current ``s_t = log sigma_t^2`` of ``task``."""
         return self._s.get(task, self.init)
 
-    def task_factor(self, norm, head_norm, loss, task=None):
+    def task_factor(self, norm, own_norm, loss, task=None):
         a, _ = self._ab(task)
         return a * math.exp(-self.log_variance(task))
 
-    def finish(self, norms, head_norms, factors, losses=None, tasks=None):
-        out = super().finish(norms, head_norms, factors, losses, tasks)
+    def combine_factors(self, norms, own_norms, factors, losses=None, tasks=None):
+        out = super().combine_factors(norms, own_norms, factors, losses, tasks)
         if losses is not None:
-            tasks = self.row_tasks(len(factors), tasks)
+            tasks = self.tasks_of_rows(len(factors), tasks)
             grads = {}
             for t, loss in zip(tasks, losses.tolist()):
                 a, b = self._ab(t)

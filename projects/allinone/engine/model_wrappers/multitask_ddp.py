@@ -255,11 +255,11 @@ class TaskGradSync(GradSync):
             self._open.flush()
             self._open = None
 
-    def task_stats(self, task: str, norm: float, head_norm: float, loss_value: float):
+    def task_stats(self, task: str, norm: float, own_norm: float, loss_value: float):
         """Approximate mode: the ranks' mean squared norms (their square roots) and mean loss."""
         if self.exact:
-            return norm, head_norm, loss_value
-        stats = torch.tensor([norm * norm, head_norm * head_norm, loss_value], dtype=torch.float64,
+            return norm, own_norm, loss_value
+        stats = torch.tensor([norm * norm, own_norm * own_norm, loss_value], dtype=torch.float64,
                              device=self.device)
         self._all_reduce(stats)
         n2, h2, loss = (stats / self.ranks_with(task)).tolist()

@@ -34,9 +34,9 @@ class GradSync:
         """When ``task``'s gradients are needed; returns the loss value to use (e.g. the ranks' mean)."""
         return loss_value
 
-    def task_stats(self, task: str, norm: float, head_norm: float, loss_value: float) -> Tuple[float, float, float]:
+    def task_stats(self, task: str, norm: float, own_norm: float, loss_value: float) -> Tuple[float, float, float]:
         """The (unscaled) norms and loss the aggregator sees, before the non-finite check."""
-        return norm, head_norm, loss_value
+        return norm, own_norm, loss_value
 
     def local_weight(self, task: str) -> float:
         """Factor on this rank's local gradient of ``task`` before it enters the sum."""

@@ -51,7 +51,7 @@ class CombinedStep:
     tasks: List[str]
     grads: List[Optional[Tensor]]   # per shared parameter
     weights: Tensor                 # the weight of each task's shared gradient in the combination
-    head_scales: Tensor             # the factor on each task's own-parameter gradient
+    own_scales: Tensor             # the factor on each task's own-parameter gradient
     norms: Tensor                   # each task's shared gradient norm (unscaled, before aggregation)
     losses: Tensor
     cos: Optional[Tensor] = None    # pairwise cosines of the task gradients, on stats updates
@@ -66,7 +66,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
     gradient on the shared parameters and on its own parameters, skips it (with a warning) if
     either is NaN/Inf, and hands it to the ``aggregator``:
 
-    * a streaming aggregator (``LinearAggregator``: Sum, TBGC) is accumulated on the fly into one
+    * a streaming aggregator (``TaskScalingAggregator``: Sum, TBGC) is accumulated on the fly into one
       buffer the size of the shared parameters: extra memory over a vanilla step is one
       backbone-sized buffer, never T copies;
     * any other aggregator gets the ``(T, n)`` matrix of task gradients.
@@ -185,7 +185,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self._matrix: Optional[Tensor] = None                   # (T, n) storage of those rows
         self._shared_stash: Optional[List[Optional[Tensor]]] = None
         self._own_stash: Dict[str, List[Optional[Tensor]]] = {}
-        self._stats = OrderedDict()                             # task -> (loss, norm, head_norm, factor)
+        self._stats = OrderedDict()                             # task -> (loss, norm, own_norm, factor)
 
     # ---------------------------------------------------------------- backward
     def _backward(self, loss: Tensor) -> None:
@@ -274,28 +274,28 @@ class MultiTaskOptimWrapper(OptimWrapper):
             hook(task, shared, own)
         inv = 1.0 / self._grad_scale()
         g_shared = [p.grad for p in shared]
-        norm, head_norm = _total_norm(g_shared) * inv, _total_norm([p.grad for p in own]) * inv
-        norm, head_norm, loss_value = self.grad_sync.task_stats(task, norm, head_norm, loss_value)
+        norm, own_norm = _total_norm(g_shared) * inv, _total_norm([p.grad for p in own]) * inv
+        norm, own_norm, loss_value = self.grad_sync.task_stats(task, norm, own_norm, loss_value)
         for p in shared:  # the shared .grad is rebuilt in update_tasks
             p.grad = None
-        if not (math.isfinite(norm) and math.isfinite(head_norm)):
-            self._skip_task(task, own, norm, head_norm, loss_value)
+        if not (math.isfinite(norm) and math.isfinite(own_norm)):
+            self._skip_task(task, own, norm, own_norm, loss_value)
             return
         local = self.grad_sync.local_weight(task)
         if self._matrix_pass():
             self._add_row(shared, g_shared, inv * local)
             factor = float('nan')
         else:
-            factor = self.aggregator.task_factor(norm, head_norm, loss_value, task)
+            factor = self.aggregator.task_factor(norm, own_norm, loss_value, task)
             self._accumulate(g_shared, factor * local)
-        self._stats[task] = (loss_value, norm, head_norm, factor)
+        self._stats[task] = (loss_value, norm, own_norm, factor)
 
-    def _skip_task(self, task: str, own: List[nn.Parameter], norm: float, head_norm: float,
+    def _skip_task(self, task: str, own: List[nn.Parameter], norm: float, own_norm: float,
                    loss_value: float) -> None:
         """A non-finite task gradient: counted, logged, left out of this step (its own parameters keep
         their earlier micro-steps' gradients)."""
         self.skipped[task] += 1
-        print_log(f'task {task!r}: non-finite gradient (shared norm {norm}, own norm {head_norm}, '
+        print_log(f'task {task!r}: non-finite gradient (shared norm {norm}, own norm {own_norm}, '
                   f'loss {loss_value}) at update {self._inner_count}; this task is skipped for this '
                   f'step (skipped {self.skipped[task]} times so far)', logger='current',
                   level=logging.WARNING)
@@ -339,30 +339,30 @@ class MultiTaskOptimWrapper(OptimWrapper):
         tasks = list(self._stats)
         scale = self._grad_scale()
         stats = torch.tensor([self._stats[t] for t in tasks], dtype=torch.float64).reshape(-1, 4)
-        losses, norms, head_norms = stats[:, 0], stats[:, 1], stats[:, 2]
+        losses, norms, own_norms = stats[:, 0], stats[:, 1], stats[:, 2]
         cos = None
         if self._rows:
             G = self._matrix[:len(self._rows)]
             self._rows, self._matrix = [], None
-            result = self.aggregator.aggregate(G, losses.to(G.dtype), head_norms.to(G.dtype), tasks)
+            result = self.aggregator.aggregate(G, losses.to(G.dtype), own_norms.to(G.dtype), tasks)
             flat = result.grad * scale
             combined, offset = [], 0
             for p in self._shared:
                 combined.append(flat[offset:offset + p.numel()].view_as(p).to(p.dtype))
                 offset += p.numel()
-            weights, head_scales = result.weights, result.head_scales
+            weights, own_scales = result.weights, result.own_scales
             if len(tasks) > 1 and cos_due:  # from the Gram matrix: no normalised copy of G
                 K = (G @ G.T).double()
                 d = K.diagonal().clamp_min(0).sqrt().clamp_min(1e-12)
                 cos = K / (d[:, None] * d[None, :])
         else:
             factors = stats[:, 3]
-            weights, head_scales, common = self.aggregator.finish(norms, head_norms, factors, losses, tasks)
+            weights, own_scales, common = self.aggregator.combine_factors(norms, own_norms, factors, losses, tasks)
             combined = self._acc or []
             if common != 1.0:
                 torch._foreach_mul_([c for c in combined if c is not None], common)
         self._acc = None
-        return CombinedStep(tasks, combined, weights, head_scales, norms, losses, cos)
+        return CombinedStep(tasks, combined, weights, own_scales, norms, losses, cos)
 
     def update_tasks(self) -> None:
         """Combine the task gradients of this iteration into ``.grad`` and step when due."""
@@ -380,7 +380,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
                 if c is not None and k != 1:
                     c.div_(k)
                 p.grad = c if total is None else (total if c is None else total.add_(c))
-            for t, hs in zip(step.tasks, step.head_scales.tolist()):
+            for t, hs in zip(step.tasks, step.own_scales.tolist()):
                 for p, total in zip(self._own[t], self._own_stash.pop(t)):
                     g = p.grad
                     if g is not None:

@@ -174,7 +174,7 @@ class GradSplitAffinityHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self.split is not None and self.split.awaiting_affinity and runner.iter + 1 >= self.warmup_iters:
-            self.finish(runner)
+            self.set_relation_from_affinity(runner)
 
     def score(self, Z: torch.Tensor) -> torch.Tensor:
         """The score compared with the threshold: ``Z`` or ``Z[t, u] / Z[u, u]`` (NaN where u's own step
@@ -185,7 +185,7 @@ class GradSplitAffinityHook(Hook):
         own[~(own > 0)] = float('nan')
         return Z / own[None, :]
 
-    def finish(self, runner) -> None:
+    def set_relation_from_affinity(self, runner) -> None:
         """Mean affinity -> R; written to the file and set on the model."""
         stats = torch.stack([self._sum, self._count])
         all_reduce(stats)  # data parallel: the sums and counts of every rank (no-op in one process)

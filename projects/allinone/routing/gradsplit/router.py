@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from mmengine.logging import print_log
 
 from ...registry import ROUTING
-from ..base import RoutingMethod
+from ..base import RoutingMethod, model_name
 from ..context import TaskContext
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -52,9 +52,9 @@ _NORM = _PER_CHANNEL_NORM + (nn.GroupNorm, nn.LayerNorm)
 
 def _resolve_module(model: nn.Module, name: str) -> Tuple[str, nn.Module]:
     modules = dict(model.named_modules())
-    for candidate in (name, f'backbone.{name}'):
-        if candidate in modules and candidate:
-            return candidate, modules[candidate]
+    found = model_name(modules, name)
+    if found is not None:
+        return found, modules[found]
     raise KeyError(f'grad_split.modules: no module {name!r} in the model (names are of the model, '
                    f'e.g. "backbone.layer4", or of the backbone, e.g. "layer4")')
 

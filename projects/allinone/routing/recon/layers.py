@@ -30,7 +30,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 from torch import nn
 
 from ...registry import ROUTING
-from ..base import RoutingMethod
+from ..base import RoutingMethod, model_name
 from ..context import TaskContext
 from .report import select_layers
 
@@ -135,8 +135,8 @@ def convert_layers(model: nn.Module, names: Sequence[str], tasks: Sequence[str],
         aliases.setdefault(id(m), []).append(n)
     done = []
     for raw in names:
-        name = raw if raw in modules else f'backbone.{raw}'
-        if name not in modules or not name:
+        name = model_name(modules, raw)
+        if name is None:
             raise KeyError(f'recon: no layer {raw!r} in the model (names as in the search report, e.g. '
                            '"backbone.layer4.1.conv2")')
         if name.split('.')[0] not in SHARED_ROOTS:
