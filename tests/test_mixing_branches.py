@@ -199,6 +199,8 @@ def test_random_mosaic_in_a_branch_through_mmsegs_wrapper(registered):
             want[y0:y0 + hq, x0 + wq // 2:x0 + wq] = 2 * i + 1  # ... and its right half, not mirrored
         np.testing.assert_array_equal(out['gt_seg_map'], want)
         assert out['img'].shape[:2] == (64, 128)
+        # mmseg writes the mosaic's (h, w, c) here; a prediction resizing to a 3-d ori_shape would fail
+        assert out['img_shape'] == out['ori_shape'] == (64, 128)
     assert 5 < n_mosaic < 25
     assert len(reads) == 30 + 3 * n_mosaic
 

@@ -37,6 +37,16 @@ def nested_transforms(transform):
     return list(inner) if isinstance(inner, (list, tuple)) else [inner]
 
 
+
+def _planar_shapes(results: dict) -> None:
+    """``img_shape`` / ``ori_shape`` as (h, w): mmseg's RandomMosaic writes the mosaic's (h, w, c), which a
+    later crop fixes for ``img_shape`` only; a prediction on such a sample would resize its logits to a
+    3-d ``ori_shape`` and fail."""
+    for key in ('img_shape', 'ori_shape'):
+        shape = results.get(key)
+        if isinstance(shape, (tuple, list)) and len(shape) == 3:
+            results[key] = tuple(shape[:2])
+
 @TRANSFORMS.register_module()
 class MultiBranchAugment(BaseTransform):
     """Pick one branch per sample (by probability) and apply only that branch.
@@ -236,6 +246,7 @@ class MultiBranchAugment(BaseTransform):
         results = self._run_branch(branch, results, chunks)
         if results is not None:
             results['aug_branch'] = self.names[branch]
+            _planar_shapes(results)
         return results
 
     def _run_branch(self, branch: int, results: dict, chunks: List[list]) -> Optional[dict]:
