@@ -1,4 +1,4 @@
-"""README "Train for the challenge", run as written on the challenge-layout fixture tree.
+"""docs/challenge.md "Train for the challenge", run as written on the challenge-layout fixture tree.
 
 Each ```bash block of the section runs in order (bash -euo pipefail, from the repository root). The
 first block sets the walkthrough's variables; the test gives them its own values: the fixture tree
@@ -21,7 +21,7 @@ from mmengine.config import Config
 
 from conftest import REPO
 
-README = osp.join(REPO, 'README.md')
+DOC = osp.join(REPO, 'docs', 'challenge.md')
 SECTION = 'Train for the challenge'
 VARIABLES = ('CONFIG', 'DATA', 'TEST', 'WORK', 'GPUS', 'TIMM')
 #: input sizes of the competition pipelines -> small ones for the fixture's 64-160 px images
@@ -29,9 +29,9 @@ SMALL_SIZES = {896: 64, 1280: 96, 720: 54, 448: 64}
 
 
 def walkthrough_blocks():
-    text = open(README).read()
+    text = open(DOC).read()
     start = text.find(f'\n## {SECTION}\n')
-    assert start >= 0, f'README.md has no section "## {SECTION}"'
+    assert start >= 0, f'docs/challenge.md has no section "## {SECTION}"'
     end = text.find('\n## ', start + 1)
     return re.findall(r'```bash\n(.*?)```', text[start:end if end > 0 else None], re.S)
 
@@ -137,7 +137,7 @@ BLOCKS = walkthrough_blocks()
 
 def test_first_block_sets_the_walkthrough_variables():
     assigned = [line.split('=')[0] for line in commands(BLOCKS[0])]
-    assert tuple(assigned) == VARIABLES, 'the test sets these variables; update VARIABLES with the README'
+    assert tuple(assigned) == VARIABLES, 'the test sets these variables; update VARIABLES with docs/challenge.md'
 
 
 @pytest.mark.slow
@@ -145,7 +145,7 @@ def test_first_block_sets_the_walkthrough_variables():
 def test_walkthrough_block(index, walk):
     block = BLOCKS[index]
     missing = missing_parts(block)
-    assert not missing, 'the README names what the checkout lacks: ' + '; '.join(missing)
+    assert not missing, 'docs/challenge.md names what the checkout lacks: ' + '; '.join(missing)
     if walk['failed']:
         pytest.fail(f'an earlier block failed: {walk["failed"]}')
     lines = [f'{k}={shlex.quote(v)}' for k, v in walk['values'].items()]
