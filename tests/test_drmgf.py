@@ -194,7 +194,7 @@ def test_meta_learning_moves_the_fusion_shares_towards_the_better_update(toy):
 
     alpha starts at 1 here: from the official 1e-3 Adam's first steps of 0.1 flip the sign of the
     coefficient that should shrink, and its momentum then grows |alpha| for both tasks alike, so the
-    shares move slowly (on this toy 0.52 after 10 meta batches, about 0.65 after 100; README)."""
+    shares move slowly (on this toy 0.52 after 10 meta batches, about 0.65 after 100; docs/routing.md)."""
     from projects.allinone.routing.drmgf import DRMGF
     cfg = copy.deepcopy(toy)
     for t in ('a', 'b'):
@@ -553,7 +553,7 @@ def test_importance_ranking_moves_towards_the_task_that_uses_a_filter(toy):
     4-7 must rise above one half, while filters 0-3, read by both, stay shared.
 
     The importances use SGD here: with the official Adam the per-element normalisation cancels the
-    10:1 factor for gradients of one sign, and the shares barely move (see the README)."""
+    10:1 factor for gradients of one sign, and the shares barely move (see docs/routing.md)."""
     from projects.allinone.routing.drmgf import DRMGF
     cfg = copy.deepcopy(toy)
     cfg['tasks']['a'].update(used=4, grow=True)

@@ -12,7 +12,7 @@ env_cfg = dict(
 # Data parallel (tools/dist_train.sh, --launcher pytorch; ignored in one process): each task's
 # gradients are averaged over the ranks before the per-task aggregation, as one process with the
 # global batch would see them. mode='approximate' averages only the per-task norms, then the
-# combined gradient once (README: Distributed training). BatchNorm statistics stay per rank unless
+# combined gradient once (docs/distributed_amp.md). BatchNorm statistics stay per rank unless
 # the model uses SyncBN.
 model_wrapper_cfg = dict(type='MultiTaskDistributedDataParallel', mode='exact')
 

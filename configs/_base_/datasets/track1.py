@@ -1,4 +1,4 @@
-# The challenge's training data in its own layout (see README "Real challenge data"):
+# The challenge's training data in its own layout (see docs/challenge.md, "Real challenge data"):
 #   data/track1_train_data/{cls,dec,seg}/...
 data_root = 'data/track1_train_data/'
 backend_args = None
@@ -146,7 +146,7 @@ def _loader(dataset, batch_size, shuffle, workers=4):
 
 
 # per-GPU batch sizes; x8 GPUs = the challenge baseline's seg 16 / cls 128 / det 16 per step
-# (README "Train for the challenge" has the table for 1, 2, 4 and 8 GPUs). Class-aware sampling of
+# (docs/challenge.md, "Train for the challenge", has the table for 1, 2, 4 and 8 GPUs). Class-aware sampling of
 # the cars, as the baseline: train_dataloader = dict(cls=dict(sampler=dict(_delete_=True,
 #     type='ClassAwareSampler', num_sample_class=1)))   (mmdet's sampler; equal draws per class)
 train_dataloader = dict(

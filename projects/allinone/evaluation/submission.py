@@ -30,7 +30,7 @@ def mask_to_polygons(mask: np.ndarray) -> List[List[float]]:
 
     :func:`polygons_to_mask` fills them back with the even-odd rule (a hole inside an outer
     boundary is cut out), so the round trip loses only the pixels the contour tracing cannot
-    represent (the measured loss is in the README).
+    represent (the measured loss is in docs/challenge.md).
     """
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]

@@ -84,9 +84,9 @@ def check_data(cfg: Config, phase: str = 'train') -> None:
         lines = '\n  '.join(missing)
         root = cfg.get('data_root')
         where = (f"Paths derive from the config's data_root {root!r}: point them all at your copy with "
-                 '`--data-root DIR` (or `--cfg-options data_root=DIR`), DIR holding the layout of README.md '
+                 '`--data-root DIR` (or `--cfg-options data_root=DIR`), DIR holding the layout of docs/challenge.md '
                  '"Real challenge data" (cls/ dec/ seg/), or put the data there.' if root else
-                 'Lay out the data as README.md ("Real challenge data") describes and set these paths.')
+                 'Lay out the data as docs/challenge.md ("Real challenge data") describes and set these paths.')
         raise FileNotFoundError(
             f'the data this config reads is not there:\n  {lines}\n{where} '
             'To try the tools without the challenge data, train on the embedded demo data: `make demo` '
