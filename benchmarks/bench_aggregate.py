@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 
-
 from projects.allinone.benchmarking.demo import REPO, build, cpu_machine, step, write_result
 
 DEFAULT_METHODS = ('vanilla', 'mgda', 'maxgnr', 'pcgrad', 'imtl', 'nashmtl', 'upgrad', 'dualproj', 'fairgrad',
@@ -80,9 +79,9 @@ def main():
     import torch
     from mmengine.optim import OptimWrapper
 
-    from projects.allinone.methods import method_optim_overrides
     from projects.allinone.engine.aggregators._gram import gram_matrix
     from projects.allinone.engine.aggregators.base import build_aggregator
+    from projects.allinone.methods import method_optim_overrides
     torch.set_num_threads(args.threads)
 
     model, batch = build(args.data)

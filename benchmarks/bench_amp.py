@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 
-
 from projects.allinone.benchmarking.demo import REPO, build_demo, cpu_machine, write_result
 
 ARMS = ('fp32', 'amp')

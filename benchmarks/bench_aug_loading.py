@@ -147,8 +147,9 @@ def main(argv=None):
 
     import cv2 as _cv2
     _cv2.setNumThreads(1)
-    import projects.allinone  # noqa: F401  (registries)
     from mmengine.config import Config
+
+    import projects.allinone  # noqa: F401  (registries)
     cfg = Config.fromfile(args.config)
     root = tempfile.mkdtemp(prefix='track1_bench_')
     det_classes = cfg.train_dataloader['det']['dataset']['metainfo']['classes']

@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 
-
 from projects.allinone.benchmarking.demo import REPO, build_demo, cpu_machine, write_result
 
 ARMS = ('exact', 'approximate', 'one')

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 
-
 from projects.allinone.benchmarking.demo import REPO, build, cpu_machine, write_result
 
 
@@ -58,8 +57,8 @@ def main():
     torch.set_num_threads(args.threads)
     if not osp.exists(osp.join(args.data, 'meta.json')):
         subprocess.check_call([sys.executable, osp.join(REPO, 'tools', 'make_demo_data.py'), '--out', args.data])
-    from projects.allinone.routing.drmgf import DRMGF
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+    from projects.allinone.routing.drmgf import DRMGF
     model, batch = build(args.data)
     models = dict(vanilla=model, drmgf=copy.deepcopy(model))
     wrappers = {a: MultiTaskOptimWrapper(torch.optim.AdamW(m.parameters(), lr=1e-4), clip_grad=dict(max_norm=10.0),

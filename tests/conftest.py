@@ -3,7 +3,6 @@ import os.path as osp
 import sys
 
 import pytest
-
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -58,8 +57,9 @@ def demo_cfg(demo_data, tmp_path):
 
 @pytest.fixture(scope='session')
 def registered():
-    import projects.allinone  # noqa: F401
     from mmengine.registry import DefaultScope
+
+    import projects.allinone  # noqa: F401
     if DefaultScope.get_current_instance() is None:
         DefaultScope.get_instance('allinone-tests', scope_name='mmdet')
     return True

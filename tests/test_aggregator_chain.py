@@ -3,9 +3,8 @@ import pytest
 import torch
 
 from projects.allinone.engine.aggregators import ChainAggregator, PCGradAggregator, TBGCAggregator
-
-from projects.allinone.methods import METHOD_PRESETS, method_optim_overrides
 from projects.allinone.engine.aggregators.base import build_aggregator
+from projects.allinone.methods import METHOD_PRESETS, method_optim_overrides
 
 
 def test_tbgc_then_pcgrad_is_pcgrad_on_the_clipped_gradients():

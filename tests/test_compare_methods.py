@@ -5,11 +5,9 @@ from pathlib import Path
 from conftest import DEMO_CFG
 
 
-
 def test_child_config_changes_only_the_method_and_scales_the_schedule(tmp_path, registered):
-    from mmengine.config import Config
-
     from compare_methods import child_config
+    from mmengine.config import Config
     base = Config.fromfile(DEMO_CFG)
     path = tmp_path / 'tbgc_pcgrad.py'
     child_config(DEMO_CFG, 'tbgc+pcgrad', str(path), max_iters=500, val_points=4)
@@ -54,8 +52,8 @@ def test_finished_runs_are_reused_and_tabulated(tmp_path, registered):
 
 def test_method_names_take_one_model_side_part_and_aggregators(tmp_path, registered):
     import pytest
-
     from compare_methods import main
+
     from projects.allinone.methods import method_config_overrides, method_context_keys, split_method
     assert split_method('recon+pcgrad') == ('recon', ['pcgrad'])
     assert split_method('tbgc+pcgrad') == (None, ['tbgc', 'pcgrad'])
@@ -77,9 +75,9 @@ def test_method_names_take_one_model_side_part_and_aggregators(tmp_path, registe
 
 
 def test_child_config_merges_a_preset_train_cfg_with_the_schedule(tmp_path, registered, monkeypatch):
+    from compare_methods import child_config
     from mmengine.config import Config
 
-    from compare_methods import child_config
     from projects.allinone.methods import MODEL_METHODS, changes_train_loop
     monkeypatch.setitem(MODEL_METHODS, 'fakeloop', dict(train_cfg=dict(type='FakeTrainLoop', inner_steps=2),
                                                         model=dict(fake_option=3)))
@@ -95,9 +93,8 @@ def test_child_config_merges_a_preset_train_cfg_with_the_schedule(tmp_path, regi
 
 
 def test_recon_report_reaches_the_model_config(tmp_path, registered):
-    from mmengine.config import Config
-
     from compare_methods import child_config
+    from mmengine.config import Config
     base = Config.fromfile(DEMO_CFG)
     path, report = tmp_path / 'recon_pcgrad.py', str(tmp_path / 'search' / 'recon_report.json')
     child_config(DEMO_CFG, 'recon+pcgrad', str(path), max_iters=500, recon_report=report)

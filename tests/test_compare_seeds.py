@@ -4,8 +4,6 @@ import os.path as osp
 
 import pytest
 
-
-
 TASKS = ['det', 'seg', 'cls']
 FP = dict(hash='h0', keys=dict(model='m', train_cfg='t'))
 
@@ -123,6 +121,7 @@ def _fake_train(calls, scores):
 
 def test_runs_are_summarised_reused_and_a_changed_schedule_refused(tmp_path, registered, monkeypatch):
     import compare_methods
+
     from projects.allinone.utils.method_table import ScheduleMismatch, load_summary, summary_path
     out, results = tmp_path / 'out', tmp_path / 'results'
     scores = {(f'{m}_s{s}.py', s): 0.1 * (s + 1) + (0.3 if m == 'pcgrad' else 0) for m in ('vanilla', 'pcgrad')

@@ -11,8 +11,9 @@ import pytest
 from mmengine.config import Config
 from mmengine.registry import DATASETS
 
-from conftest import DEMO_CFG, retarget
 from projects.allinone.datasets import BadInputError
+
+from conftest import DEMO_CFG, retarget
 
 
 @pytest.fixture

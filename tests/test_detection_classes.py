@@ -14,9 +14,10 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import DATASETS, METRICS
 
+from projects.allinone.datasets import BadInputError
+
 from challenge_tree import TT100K_NOT_IN_CONFIG, make_challenge_tree
 from conftest import REPO
-from projects.allinone.datasets import BadInputError
 
 TRACK1 = osp.join(REPO, 'configs', 'allinone.py')
 

@@ -25,8 +25,9 @@ import pytest
 import torch
 
 import projects.allinone  # noqa: F401  (registers the aggregators the replica test iterates over)
-from conftest import DEMO_CFG, REPO
 from projects.allinone.registry import AGGREGATORS
+
+from conftest import DEMO_CFG, REPO
 
 WORLD, B, STEPS = 2, 3, 3
 TBGC_MAX_NORM = 0.01  # binds for the cls task (norm ~0.03-0.06), not for seg (~0.002-0.004)

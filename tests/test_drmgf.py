@@ -497,8 +497,8 @@ def test_importance_and_coefficient_learning_rates_halve_at_the_milestone(toy):
 def test_a_pass_weights_the_other_tasks_at_aux_weight_through_any_aggregator(toy, aggregator):
     """In task a's pass b's loss enters the optim wrapper at 0.5: its shared gradient norm is half of
     what it is in b's own pass from the same weights and batch (with the config's aggregator)."""
-    from projects.allinone.routing.drmgf import DRMGF
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+    from projects.allinone.routing.drmgf import DRMGF
     model = build(toy)
     wrapper = MultiTaskOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.05), aggregator=aggregator)
     d = DRMGF(model)

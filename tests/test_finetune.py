@@ -11,8 +11,8 @@ from conftest import REPO, retarget
 
 @pytest.mark.slow
 def test_finetune_config_loads_the_multitask_checkpoint_and_trains_one_task(demo_cfg, demo_data, tmp_path, registered):
-    from mmengine.config import Config
     from mmdet.registry import MODELS
+    from mmengine.config import Config
     from mmengine.runner import Runner
 
     # an AllInOne (three-task) checkpoint, as `make demo` leaves one

@@ -241,8 +241,8 @@ def test_vit_tokens_split_the_mlp_hidden_units(registered):
     """Default for a ViT: the MLP hidden units of the last quarter of the blocks, last dim of tokens."""
     from mmpretrain.models import VisionTransformer
 
-    from projects.allinone.routing.gradsplit.router import GradSplit
     from projects.allinone.routing.context import TaskContext
+    from projects.allinone.routing.gradsplit.router import GradSplit
     split_key = 'backbone.layers.3.ffn.layers.0'
     torch.manual_seed(0)
     holder = nn.Module()
@@ -322,8 +322,8 @@ def toy_batches(i):
 def test_relation_from_lookahead_affinity(toy_cfg, tmp_path):
     from types import SimpleNamespace
 
-    from projects.allinone.routing.gradsplit import GradSplitAffinityHook
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+    from projects.allinone.routing.gradsplit import GradSplitAffinityHook
     model = build(toy_cfg)
     with pytest.raises(RuntimeError, match='GradSplitAffinityHook'):  # 'affinity' without its hook
         model.task_loss('a', toy_batches(0)['a'])
@@ -359,8 +359,8 @@ def test_relation_from_lookahead_affinity(toy_cfg, tmp_path):
 def run_affinity_warmup(model, tmp_path, **hook_kw):
     from types import SimpleNamespace
 
-    from projects.allinone.routing.gradsplit import GradSplitAffinityHook
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+    from projects.allinone.routing.gradsplit import GradSplitAffinityHook
     wrapper = MultiTaskOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.005))
     runner = SimpleNamespace(model=model, optim_wrapper=wrapper, work_dir=str(tmp_path), iter=0)
     hook = GradSplitAffinityHook(warmup_iters=4, interval=1, **hook_kw)

@@ -248,11 +248,11 @@ def test_competition_branches_run_on_the_challenge_layout(registered, tmp_path):
     import os.path as osp
 
     import torch
+    from bench_aug_loading import make_track1_tree
     from mmengine.config import Config
     from mmengine.registry import DATASETS, DefaultScope
 
     from conftest import REPO
-    from bench_aug_loading import make_track1_tree
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'allinone.py'))
     root = make_track1_tree(str(tmp_path), n=4, det_size=(320, 320), seg_size=(320, 180), cls_size=(160, 120),
                             det_classes=cfg.det_classes)

@@ -137,8 +137,9 @@ def test_unknown_task_in_batch(model, demo_cfg):
 
 
 def test_a_shared_neck_counts_as_shared_and_every_task_reaches_it(registered, demo_cfg):
-    from conftest import REPO
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+
+    from conftest import REPO
     cfg = Config.fromfile(f'{REPO}/configs/allinone_demo_shared_neck.py').model
     torch.manual_seed(0)
     model = build(cfg)

@@ -407,8 +407,9 @@ def competition_model_reduced():
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
 
-    from conftest import REPO
     from projects.allinone.registry import MODELS
+
+    from conftest import REPO
     cfg = Config.fromfile(f'{REPO}/configs/allinone.py')
     cfg.merge_from_dict({
         'model.backbone.img_size': 64, 'model.backbone.out_indices': (0, 1, 2, 3), 'model.backbone.drop_path_rate': 0.0,

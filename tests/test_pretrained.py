@@ -176,9 +176,9 @@ def test_local_file_from_scratch_and_load_from(tmp_path):
 def test_competition_config_names_the_mmpretrain_zoo_checkpoint():
     """configs/allinone.py starts from mmpretrain's vit-base-p16_in21k-pre_3rdparty_in1k-384px (its
     metafile's URL), and --cfg-options switches it to a local file or off."""
+    import mmpretrain
     import yaml
     from mmengine.config import Config, DictAction
-    import mmpretrain
     meta = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'configs', 'vision_transformer', 'metafile.yml')
     with open(meta) as f:
         models = {m['Name']: m for m in yaml.safe_load(f)['Models']}

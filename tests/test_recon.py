@@ -129,8 +129,8 @@ def test_search_ranks_the_conflicting_layer_first(toy, tmp_path):
 
 
 def test_every_shared_parameter_is_in_exactly_one_scored_layer(toy, registered):
-    from projects.allinone.routing.recon.search_hook import GradConflictRecorder, shared_layers
     from projects.allinone.registry import MODELS
+    from projects.allinone.routing.recon.search_hook import GradConflictRecorder, shared_layers
     models = [build(toy), MODELS.build(Config.fromfile(DEMO_CFG).model)]
     for model in models:
         layers = shared_layers(model)
@@ -342,9 +342,10 @@ def test_collapse_to_the_librarys_own_classifier(registered, demo_data, tmp_path
     from mmengine.registry import DATASETS
     from mmengine.runner import save_checkpoint
 
-    from conftest import retarget
     from projects.allinone.registry import MODELS
     from tools.recon_collapse import main
+
+    from conftest import retarget
     cfg = Config.fromfile(DEMO_CFG)
     cfg.model.recon = dict(layers=['backbone.layer4.1.conv2', 'backbone.layer4.1.bn2', 'backbone.layer1.0.bn1'])
     torch.manual_seed(0)

@@ -6,9 +6,9 @@ import os.path as osp
 import pytest
 import torch
 from mmengine.runner import Runner
+from test_aggregators_contract import assert_same
 
 from projects.allinone.engine.loops import TaskIterator
-from test_aggregators_contract import assert_same
 
 
 @pytest.fixture

@@ -39,8 +39,8 @@ def test_train_validate_and_leaderboard(registered, demo_cfg):
 
 
 def test_checkpoint_loads_with_safe_loading(registered, tmp_path):
-    from mmengine.logging import HistoryBuffer
     import numpy as np
+    from mmengine.logging import HistoryBuffer
     buf = HistoryBuffer()
     buf.update(np.float64(1.5))
     path = tmp_path / 'c.pth'

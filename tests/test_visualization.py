@@ -15,7 +15,6 @@ import torch
 
 from conftest import REPO
 
-
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 

@@ -22,8 +22,13 @@ import os
 import os.path as osp
 import sys
 
-from projects.allinone.visualization.scalar_logs import (cosine_pairs, fresh_cosines,
-                                                         load_scalar_logs, series, task_names)
+from projects.allinone.visualization.scalar_logs import (
+    cosine_pairs,
+    fresh_cosines,
+    load_scalar_logs,
+    series,
+    task_names,
+)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

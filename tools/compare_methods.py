@@ -60,8 +60,7 @@ def child_config(base: str, method: str, path: str, max_iters=None, val_points=4
     ``model.tasks`` and in each loader and evaluator dict)."""
     from mmengine.config import Config
 
-    from projects.allinone.methods import method_config_overrides
-    from projects.allinone.methods import merge_overrides
+    from projects.allinone.methods import merge_overrides, method_config_overrides
     from projects.allinone.utils.method_table import SINGLE, is_single
     from projects.allinone.utils.schedule import scale_schedulers
     over = method_config_overrides('vanilla' if is_single(method) else method, **context)

@@ -17,7 +17,6 @@ import os.path as osp
 import statistics
 import sys
 
-
 from projects.allinone.visualization.scalar_logs import load_scalar_logs
 
 

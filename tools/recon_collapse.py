@@ -83,8 +83,8 @@ def main(argv=None):
     from mmengine.runner.checkpoint import _load_checkpoint
 
     import projects.allinone  # noqa: F401
-    from projects.allinone.routing.recon.collapse import collapse_state_dict
     from projects.allinone.registry import MODELS
+    from projects.allinone.routing.recon.collapse import collapse_state_dict
     from projects.allinone.utils.cli import REPO_ROOT
 
     cfg = Config.fromfile(config)

@@ -50,8 +50,7 @@ def parse_args(argv=None):
 
 
 def rerank(args) -> None:
-    from projects.allinone.routing.recon.report import format_ranking, plot_top_layers
-    from projects.allinone.routing.recon.report import load_report, select_layers
+    from projects.allinone.routing.recon.report import format_ranking, load_report, plot_top_layers, select_layers
     report = load_report(args.from_report)
     score = args.score or report.get('score', 'raw')
     print(format_ranking(report, args.top, args.threshold, score))

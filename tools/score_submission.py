@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 
-
 from projects.allinone.evaluation.scorer import KEYS, GroundTruth, SubmissionError, score
 
 

@@ -12,9 +12,7 @@ import argparse
 import os.path as osp
 import sys
 
-
-from projects.allinone.utils.cli import (add_common_args, finish_distributed, load_config,
-                                         setup_distributed)
+from projects.allinone.utils.cli import add_common_args, finish_distributed, load_config, setup_distributed
 
 
 def parse_args(argv=None):

@@ -11,9 +11,8 @@ import os.path as osp
 
 from torch.distributed.elastic.multiprocessing.errors import record  # the error in torchrun's summary
 
-
-from projects.allinone.utils.cli import (add_common_args, finish_distributed, load_config,
-                                         say as _say, setup_distributed)
+from projects.allinone.utils.cli import add_common_args, finish_distributed, load_config, setup_distributed
+from projects.allinone.utils.cli import say as _say
 
 
 def parse_args(argv=None):
@@ -63,7 +62,6 @@ def main(argv=None):
     import projects.allinone  # noqa: F401  (registers the project's modules)
     from projects.allinone.models.pretrained import check_pretrained
     from projects.allinone.utils import check_data
-
     from projects.allinone.utils.schedule import apply_max_iters, launcher_world_size, scale_lr_by_batch
 
     if args.max_iters:

@@ -9,14 +9,15 @@ import functools
 
 import pytest
 import torch
-from agg_props import G as _G
-from agg_props import close as _close
-from agg_props import random_grads as _random_grads
-from agg_props import roundtrip, run
 from torch import nn
 
 from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
 from projects.allinone.registry import AGGREGATORS
+
+from agg_props import G as _G
+from agg_props import close as _close
+from agg_props import random_grads as _random_grads
+from agg_props import roundtrip, run
 
 __all__ = ['G', 'close', 'random_grads', 'run', 'build', 'check_weights_reproduce_grad', 'check_state_dict_round_trip',
            'check_missing_task_row', 'check_zero_gradient_row', 'check_single_task', 'check_bad_hyperparameters',

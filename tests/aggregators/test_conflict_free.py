@@ -3,9 +3,10 @@ equals the paper's pseudo-inverse of the unit-vector matrix."""
 import numpy as np
 import pytest
 import torch
-from agg_props import G, check_through_wrapper, close, random_grads, run
 
 from projects.allinone.engine.aggregators import ConFIGAggregator
+
+from agg_props import G, check_through_wrapper, close, random_grads, run
 
 
 def paper_config(grads, pref=None):

@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 import torch
-from agg_props import (TASKS, check_missing_task_untouched, check_round_trip, check_through_wrapper, close,
-                       make_stream)
 
-from projects.allinone.engine.aggregators import (CRMOGMAggregator, FairGradAggregator, MGDAAggregator,
-                                                  UPGradAggregator)
+from projects.allinone.engine.aggregators import CRMOGMAggregator, FairGradAggregator, MGDAAggregator, UPGradAggregator
+
+from agg_props import TASKS, check_missing_task_untouched, check_round_trip, check_through_wrapper, close, make_stream
 
 
 @pytest.mark.parametrize('inner,alpha', [(MGDAAggregator, 0.9), (UPGradAggregator, 0.5), (FairGradAggregator, 0.7)])

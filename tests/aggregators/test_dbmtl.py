@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 import torch
-from agg_props import G, check_missing_task_untouched, check_round_trip, check_through_wrapper, close, make_stream, run
 
 from projects.allinone.engine.aggregators import DBMTLAggregator
+
+from agg_props import G, check_missing_task_untouched, check_round_trip, check_through_wrapper, close, make_stream, run
 
 
 @pytest.mark.parametrize('beta,sigma', [(0.9, 0.0), (0.5, 0.5)])

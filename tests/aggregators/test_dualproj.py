@@ -1,9 +1,10 @@
 """DualProj: the mean gradient projected onto the dual cone (optimality conditions, known answers)."""
 import numpy as np
 import pytest
-from agg_props import G, brute_projection, check_through_wrapper, close, random_grads, run
 
 from projects.allinone.engine.aggregators import DualProjAggregator
+
+from agg_props import G, brute_projection, check_through_wrapper, close, random_grads, run
 
 
 @pytest.mark.parametrize('T,n,seed', [(3, 6, 0), (4, 3, 1), (5, 30, 2)])

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import torch
-from agg_props import (G, check_missing_task_untouched, check_round_trip, check_through_wrapper, close, make_stream,
-                       run)
 
 from projects.allinone.engine.aggregators import ExcessMTLAggregator
+
+from agg_props import G, check_missing_task_untouched, check_round_trip, check_through_wrapper, close, make_stream, run
 
 
 @pytest.mark.parametrize('eta', [1e-2, 1.0])

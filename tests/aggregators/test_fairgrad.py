@@ -4,11 +4,12 @@ import math
 
 import numpy as np
 import pytest
-from agg_props import G, check_round_trip, check_through_wrapper, close, make_stream, random_grads, run
 
 from projects.allinone.engine.aggregators import FairGradAggregator, NashMTLAggregator
 from projects.allinone.engine.aggregators import fairgrad as fairgrad_module
 from projects.allinone.engine.aggregators._gram import gram_matrix
+
+from agg_props import G, check_round_trip, check_through_wrapper, close, make_stream, random_grads, run
 
 
 def solution(agg, grads):

@@ -3,9 +3,10 @@ import math
 
 import pytest
 import torch
-from agg_props import check_scalariser, close, random_grads, run
 
 from projects.allinone.engine.aggregators import GLSAggregator
+
+from agg_props import check_scalariser, close, random_grads, run
 
 
 def test_closed_form_weights():

@@ -2,9 +2,10 @@
 seeded generator (same draws on every rank, resumed sequence, global RNG untouched)."""
 import pytest
 import torch
-from agg_props import G, check_round_trip, check_through_wrapper, close, make_stream, run
 
 from projects.allinone.engine.aggregators import GradDropAggregator
+
+from agg_props import G, check_round_trip, check_through_wrapper, close, make_stream, run
 
 #: coordinates: all positive | P = 1/3 | P = 1/2 | all zero | P = 0.6
 HAND = G([1, -1, 2, 0, 3],

@@ -2,12 +2,17 @@
 and the loss-weighting family's common contract."""
 import pytest
 import torch
-from weighting_props import (check_bad_hyperparameter_names_the_argument, check_build_from_registry,
-                             check_missing_task_row_leaves_its_state_alone,
-                             check_state_dict_round_trip_gives_identical_next_results,
-                             check_streaming_and_matrix_paths_agree, check_trains_through_the_optim_wrapper)
 
 from projects.allinone.engine.aggregators import GradNormAggregator
+
+from weighting_props import (
+    check_bad_hyperparameter_names_the_argument,
+    check_build_from_registry,
+    check_missing_task_row_leaves_its_state_alone,
+    check_state_dict_round_trip_gives_identical_next_results,
+    check_streaming_and_matrix_paths_agree,
+    check_trains_through_the_optim_wrapper,
+)
 
 NAME = 'GradNormAggregator'
 

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 import torch
-from agg_props import G, close, random_grads, run
 
 from projects.allinone.engine.aggregators import GramianAggregator
+
+from agg_props import G, close, random_grads, run
 
 
 class Recorder(GramianAggregator):

@@ -1,11 +1,21 @@
 """IMTL-G: known answers, equal projections of the update on every task's unit gradient, and the
 common contract."""
 import pytest
-from gradient_props import (G, check_missing_task_row, check_single_task, check_state_dict_round_trip,
-                            check_through_optim_wrapper, check_weights_reproduce_grad, check_zero_gradient_row, close,
-                            random_grads, run)
 
 from projects.allinone.engine.aggregators import IMTLGAggregator
+
+from gradient_props import (
+    G,
+    check_missing_task_row,
+    check_single_task,
+    check_state_dict_round_trip,
+    check_through_optim_wrapper,
+    check_weights_reproduce_grad,
+    check_zero_gradient_row,
+    close,
+    random_grads,
+    run,
+)
 
 NAME = 'IMTLGAggregator'
 

@@ -5,10 +5,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from agg_props import (G, check_missing_task_untouched, check_round_trip, check_through_wrapper, close, make_stream,
-                       random_grads, run)
 
 from projects.allinone.engine.aggregators import IMTLAggregator, IMTLGAggregator
+
+from agg_props import (
+    G,
+    check_missing_task_untouched,
+    check_round_trip,
+    check_through_wrapper,
+    close,
+    make_stream,
+    random_grads,
+    run,
+)
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])

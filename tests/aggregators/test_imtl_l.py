@@ -5,10 +5,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from agg_props import (TASKS, check_missing_task_untouched, check_round_trip, check_scalariser, close, make_stream,
-                       random_grads, run)
 
 from projects.allinone.engine.aggregators import IMTLLAggregator
+
+from agg_props import (
+    TASKS,
+    check_missing_task_untouched,
+    check_round_trip,
+    check_scalariser,
+    close,
+    make_stream,
+    random_grads,
+    run,
+)
 
 
 def test_factors_and_sgd_recursion():

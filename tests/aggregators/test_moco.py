@@ -3,10 +3,11 @@ step by step against a numpy computation; state by task name; the wrapper run.""
 import numpy as np
 import pytest
 import torch
-from agg_props import (TASKS, check_missing_task_untouched, check_round_trip, check_through_wrapper, close, make_stream)
 
 from projects.allinone.engine.aggregators import MoCoAggregator
 from projects.allinone.engine.aggregators.moco import project_simplex
+
+from agg_props import TASKS, check_missing_task_untouched, check_round_trip, check_through_wrapper, close, make_stream
 
 
 def softmax(v):

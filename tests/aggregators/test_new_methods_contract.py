@@ -2,12 +2,12 @@
 flag of its family, finite results on zero gradients, the gradients' dtype, and a one-config-line run."""
 import pytest
 import torch
-from agg_props import TASKS, random_grads
 
 from projects.allinone.engine.aggregators import GramianAggregator, TaskScalingAggregator
-
-from projects.allinone.methods import METHOD_PRESETS, method_optim_overrides
 from projects.allinone.engine.aggregators.base import build_aggregator
+from projects.allinone.methods import METHOD_PRESETS, method_optim_overrides
+
+from agg_props import TASKS, random_grads
 
 #: preset name -> (class, family)
 NEW = {

@@ -5,12 +5,23 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from gradient_props import (G, check_bad_hyperparameters, check_missing_task_row, check_single_task,
-                            check_state_dict_round_trip, check_through_optim_wrapper, check_weights_reproduce_grad,
-                            check_zero_gradient_row, close, random_grads, run)
 
 from projects.allinone.engine.aggregators import PCGradAggregator
 from projects.allinone.engine.aggregators._gram import gram_matrix
+
+from gradient_props import (
+    G,
+    check_bad_hyperparameters,
+    check_missing_task_row,
+    check_single_task,
+    check_state_dict_round_trip,
+    check_through_optim_wrapper,
+    check_weights_reproduce_grad,
+    check_zero_gradient_row,
+    close,
+    random_grads,
+    run,
+)
 
 NAME = 'PCGradAggregator'
 

@@ -5,11 +5,20 @@ import math
 import numpy as np
 import pytest
 import torch
-from agg_props import (TASKS, check_missing_task_untouched, check_round_trip, check_scalariser, close, make_stream,
-                       random_grads, run)
 
 from projects.allinone.engine.aggregators import STCHAggregator
 from projects.allinone.engine.aggregators import stch as stch_module
+
+from agg_props import (
+    TASKS,
+    check_missing_task_untouched,
+    check_round_trip,
+    check_scalariser,
+    close,
+    make_stream,
+    random_grads,
+    run,
+)
 
 
 def stch_weights(losses, nadir, mu):

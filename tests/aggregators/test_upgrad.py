@@ -3,11 +3,12 @@ the update never conflicts with a task; known answers; the mean when nothing con
 import numpy as np
 import pytest
 import torch
-from agg_props import G, brute_projection, check_through_wrapper, close, random_grads, run
 
 from projects.allinone.engine.aggregators import UPGradAggregator
 from projects.allinone.engine.aggregators._dual_cone import project_weights
 from projects.allinone.engine.aggregators._gram import gram_matrix
+
+from agg_props import G, brute_projection, check_through_wrapper, close, random_grads, run
 
 
 @pytest.mark.parametrize('T,n,seed', [(3, 6, 0), (3, 6, 1), (4, 3, 2), (5, 40, 3), (2, 5, 4)])

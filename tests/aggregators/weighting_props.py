@@ -9,10 +9,11 @@ import math
 
 import pytest
 import torch
-from agg_props import TASKS, roundtrip
 
 from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
 from projects.allinone.registry import AGGREGATORS
+
+from agg_props import TASKS, roundtrip
 
 #: a configuration of every method that makes its state move within a few steps
 CONFIGS = {

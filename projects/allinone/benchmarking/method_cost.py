@@ -27,8 +27,8 @@ def make_wrapper(method, model):
     import torch
     from mmengine.optim import OptimWrapper
 
-    from projects.allinone.methods import method_optim_overrides
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
+    from projects.allinone.methods import method_optim_overrides
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if method == 'joint':
         return OptimWrapper(opt, clip_grad=CLIP)

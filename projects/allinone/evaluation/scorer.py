@@ -7,12 +7,12 @@ truth or prediction with 255 ignored, as mmseg's ``IoUMetric`` (``seg``); board 
 board B leaves segmentation out.
 """
 import contextlib
-from functools import cached_property
 import io
 import json
 import math
 import os
 import os.path as osp
+from functools import cached_property
 from typing import Dict, List
 
 import cv2

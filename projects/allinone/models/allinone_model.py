@@ -14,8 +14,14 @@ from torch import nn
 from ..registry import MODELS
 from ..routing.base import RoutingMethod, build_routing, routing_order
 from ..routing.context import TaskContext
-from .pretrained import (check_load_report, describe_source, format_load_report, load_report,
-                         pretrained_checkpoint, recording_loads)
+from .pretrained import (
+    check_load_report,
+    describe_source,
+    format_load_report,
+    load_report,
+    pretrained_checkpoint,
+    recording_loads,
+)
 
 PASS_THROUGH = 'SharedFeatures'
 

@@ -1,36 +1,36 @@
 """Multi-task gradient methods: one file per method, all behind :class:`GradAggregator`."""
-from .base import AggregateResult, GradAggregator, TaskScalingAggregator
-from .sum import SumAggregator
-from .tbgc import TBGCAggregator
-from .dwa import DWAAggregator
-from .equal import EqualAggregator
-from .famo import FAMOAggregator
-from .gradnorm import GradNormAggregator
-from .maxgnr import MaxGNRAggregator
-from .rlw import RLWAggregator
-from .uncertainty import UncertaintyAggregator
 from .aligned_mtl import AlignedMTLAggregator
+from .base import AggregateResult, GradAggregator, TaskScalingAggregator
 from .cagrad import CAGradAggregator
-from .gradvac import GradVacAggregator
-from .imtl import IMTLGAggregator
-from .mgda import MGDAAggregator
-from .nashmtl import NashMTLAggregator
-from .pcgrad import PCGradAggregator
 from .chain import ChainAggregator
-from .gramian import GramianAggregator
-from .upgrad import UPGradAggregator
-from .dualproj import DualProjAggregator
-from .fairgrad import FairGradAggregator
 from .conflict_free import ConFIGAggregator
 from .crmogm import CRMOGMAggregator
-from .imtl_hybrid import IMTLAggregator
 from .dbmtl import DBMTLAggregator
-from .moco import MoCoAggregator
+from .dualproj import DualProjAggregator
+from .dwa import DWAAggregator
+from .equal import EqualAggregator
 from .excessmtl import ExcessMTLAggregator
-from .graddrop import GradDropAggregator
-from .stch import STCHAggregator
+from .fairgrad import FairGradAggregator
+from .famo import FAMOAggregator
 from .gls import GLSAggregator
+from .graddrop import GradDropAggregator
+from .gradnorm import GradNormAggregator
+from .gradvac import GradVacAggregator
+from .gramian import GramianAggregator
+from .imtl import IMTLGAggregator
+from .imtl_hybrid import IMTLAggregator
 from .imtl_l import IMTLLAggregator
+from .maxgnr import MaxGNRAggregator
+from .mgda import MGDAAggregator
+from .moco import MoCoAggregator
+from .nashmtl import NashMTLAggregator
+from .pcgrad import PCGradAggregator
+from .rlw import RLWAggregator
+from .stch import STCHAggregator
+from .sum import SumAggregator
+from .tbgc import TBGCAggregator
+from .uncertainty import UncertaintyAggregator
+from .upgrad import UPGradAggregator
 
 __all__ = ['AggregateResult', 'GradAggregator', 'TaskScalingAggregator', 'SumAggregator', 'TBGCAggregator',
            'DWAAggregator', 'EqualAggregator', 'FAMOAggregator', 'GradNormAggregator', 'MaxGNRAggregator',

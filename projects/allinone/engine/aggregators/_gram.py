@@ -7,6 +7,7 @@ combination; everything else is float64 numpy on ``T x T`` matrices.
 """
 import itertools
 import math
+
 import numpy as np
 import torch
 from scipy.optimize import minimize

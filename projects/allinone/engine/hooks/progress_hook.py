@@ -1,5 +1,6 @@
 """A progress bar over training iterations and over every task's evaluation batches."""
 import sys
+
 from mmengine.hooks import Hook
 
 from ...registry import HOOKS

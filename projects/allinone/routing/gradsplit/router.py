@@ -37,9 +37,8 @@ import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor, nn
-
 from mmengine.logging import print_log
+from torch import Tensor, nn
 
 from ...registry import ROUTING
 from ..base import RoutingMethod, model_name
