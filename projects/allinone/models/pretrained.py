@@ -145,7 +145,7 @@ def _source_key(key: str, per_task_layers: List[str]) -> str:
 
 def load_report(module: nn.Module, loaded: Dict[str, tuple]) -> dict:
     """Compare the checkpoint's ``{key: shape}`` (as the module saw it) with the module's state dict."""
-    from .recon import task_layers
+    from ..routing.recon.layers import task_layers  # Recon copies load from the plain keys
     per_task = [name for name, _ in task_layers(module)]
     model = OrderedDict()
     for k, v in module.state_dict().items():
