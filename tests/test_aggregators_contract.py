@@ -86,6 +86,9 @@ BAD = {
     'STCHAggregator': dict(mu=[0, -1, NAN, INF, True], warmup=[1.5, True, 10], nadir_steps=[0, 2.5, True],
                            eps=[0, NAN, True]),
     'GLSAggregator': dict(eps=[0, -1, NAN, INF, True]),
+    'SDMGradAggregator': dict(lamda=[-0.1, NAN, INF, True], niter=[0, 2.5, True], lr=[0, -1, NAN, True],
+                              momentum=[-0.1, 1, NAN, True], samples=[0, 1.5, True, None]),
+    'MoDoAggregator': dict(gamma=[0, -1, NAN, INF, True], rho=[-0.1, NAN, True], samples=[0, -1, 2.0, True]),
 }
 COMMON = dict(tasks=['abc', ['a', 'a'], [1, 2]])
 #: values that are only wrong for the model's tasks: an error at bind(TASKS)

@@ -325,6 +325,9 @@ REPLICA_ARGS = {
     'ChainAggregator': [dict(steps=[dict(type='TBGCAggregator', max_norm=0.1), dict(type='PCGradAggregator')]),
                         dict(steps=[dict(type='RLWAggregator'), dict(type='GradVacAggregator')])],
     'MaxGNRAggregator': [dict(warmup=2, update_interval=1, sketch_dim=64)],  # solves within the steps run
+    # two gradient samples: the batch of 2 per rank in two parts, each its own backward and all-reduce
+    'SDMGradAggregator': [dict(samples=2)],
+    'MoDoAggregator': [dict(samples=2, gamma=0.05)],
 }
 REPLICA_TASKS, REPLICA_STEPS, REPLICA_B = ('seg', 'cls', 'cls2'), 5, 2
 

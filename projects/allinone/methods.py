@@ -45,6 +45,9 @@ METHOD_PRESETS: Dict[str, tuple] = {
     'stch': (dict(type='STCHAggregator'), False),
     'gls': (dict(type='GLSAggregator'), False),
     'imtl_l': (dict(type='IMTLLAggregator'), False),
+    # independent gradient samples of each task (each task's batch in 3 parts, one backward each)
+    'sdmgrad': (dict(type='SDMGradAggregator'), False),
+    'modo': (dict(type='MoDoAggregator'), False),
 }
 
 

@@ -26,6 +26,18 @@ from .pretrained import (
 PASS_THROUGH = 'SharedFeatures'
 
 
+def split_batch(batch: dict, parts: int, task: str) -> List[dict]:
+    """``batch`` (``inputs`` and ``data_samples`` lists, as the loaders collate them) in ``parts``
+    contiguous parts of near-equal size: the independent gradient samples of one task."""
+    n = len(batch['data_samples'])
+    if n < parts:
+        raise ValueError(f'task {task!r}: a batch of {n} sample(s) cannot give the {parts} independent gradient '
+                         f'samples the aggregator takes (optim_wrapper.aggregator.samples); use a batch size of '
+                         f'at least {parts} per rank for this task, or fewer samples')
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [{k: v[a:b] for k, v in batch.items()} for a, b in zip(bounds, bounds[1:])]
+
+
 @MODELS.register_module()
 class AllInOneModel(BaseModel):
     """Multi-task model: ``backbone`` is shared; ``tasks`` maps a task name to a full model config.
@@ -199,6 +211,7 @@ class AllInOneModel(BaseModel):
         if per_task and not optim_wrapper.is_bound:
             optim_wrapper.bind(self.parameter_partition())
         total = 0.
+        samples = getattr(optim_wrapper, 'gradient_samples', 1) if per_task else 1
         with optim_wrapper.optim_context(self):
             for task, batch in data.items():
                 if batch is None and per_task:
@@ -206,12 +219,15 @@ class AllInOneModel(BaseModel):
                     # this task, this one has not; it joins the task's collectives with no gradient
                     optim_wrapper.backward_task(task, None)
                     continue
-                loss, task_logs = self.task_loss(task, batch)
-                log_vars.update(task_logs)
-                if per_task:
-                    optim_wrapper.backward_task(task, loss)
-                else:
-                    total = total + loss
+                parts = [batch] if samples == 1 else split_batch(batch, samples, task)
+                for part in parts:  # independent gradient samples of the task (SDMGrad, MoDo)
+                    loss, task_logs = self.task_loss(task, part)
+                    for k, v in task_logs.items():
+                        log_vars[k] = log_vars.get(k, 0.) + v / len(parts)
+                    if per_task:
+                        optim_wrapper.backward_task(task, loss)
+                    else:
+                        total = total + loss
         if per_task:
             optim_wrapper.update_tasks()
         else:

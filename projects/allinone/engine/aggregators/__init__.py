@@ -23,9 +23,12 @@ from .imtl_l import IMTLLAggregator
 from .maxgnr import MaxGNRAggregator
 from .mgda import MGDAAggregator
 from .moco import MoCoAggregator
+from .modo import MoDoAggregator
 from .nashmtl import NashMTLAggregator
 from .pcgrad import PCGradAggregator
 from .rlw import RLWAggregator
+from .sampled import SampledGradAggregator
+from .sdmgrad import SDMGradAggregator
 from .stch import STCHAggregator
 from .sum import SumAggregator
 from .tbgc import TBGCAggregator
@@ -40,4 +43,4 @@ __all__ = ['AggregateResult', 'GradAggregator', 'TaskScalingAggregator', 'SumAgg
            'GramianAggregator', 'UPGradAggregator', 'DualProjAggregator',
            'FairGradAggregator', 'ConFIGAggregator', 'CRMOGMAggregator', 'IMTLAggregator', 'DBMTLAggregator',
            'MoCoAggregator', 'ExcessMTLAggregator', 'GradDropAggregator', 'STCHAggregator', 'GLSAggregator',
-           'IMTLLAggregator']
+           'IMTLLAggregator', 'MoDoAggregator', 'SampledGradAggregator', 'SDMGradAggregator']

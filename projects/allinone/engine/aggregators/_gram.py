@@ -110,3 +110,17 @@ def min_norm_weights(K: np.ndarray, exact_max_tasks: int = EXACT_MAX_TASKS) -> n
                    options=dict(ftol=1e-15, maxiter=1000))
     w = np.clip(np.nan_to_num(res.x, nan=0.0), 0.0, None)
     return w / w.sum() if w.sum() > 0 else np.full(T, 1.0 / T)
+
+
+def project_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection of ``v`` onto the probability simplex (sort-based, exact)."""
+    u = np.sort(v)[::-1]
+    css = np.cumsum(u) - 1.0
+    k = np.arange(1, len(v) + 1)
+    support = np.nonzero(u - css / k > 0)[0]
+    if not len(support):  # entries so large that 1 is lost in their sums: all weight on the largest
+        out = np.zeros(len(v))
+        out[int(np.argmax(v))] = 1.0
+        return out
+    rho = int(support[-1])
+    return np.maximum(v - css[rho] / (rho + 1), 0.0)

@@ -6,19 +6,11 @@ import torch
 from torch import Tensor
 
 from ...registry import AGGREGATORS
+from ._gram import project_simplex
 from .base import AggregateResult, GradAggregator, check_number
 
 NORMALIZE = ('loss', 'none')
 LAMBDA_UPDATES = ('softmax', 'simplex')
-
-
-def project_simplex(v: np.ndarray) -> np.ndarray:
-    """Euclidean projection of ``v`` onto the probability simplex (sort-based, exact)."""
-    u = np.sort(v)[::-1]
-    css = np.cumsum(u) - 1.0
-    k = np.arange(1, len(v) + 1)
-    rho = int(np.nonzero(u - css / k > 0)[0][-1])
-    return np.maximum(v - css[rho] / (rho + 1), 0.0)
 
 
 def pairwise_gram(rows: List[Tensor]) -> np.ndarray:

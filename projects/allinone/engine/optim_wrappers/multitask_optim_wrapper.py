@@ -3,7 +3,7 @@ import logging
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -114,6 +114,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self.aggregator = build_aggregator(aggregator) if isinstance(aggregator, dict) else aggregator
         if not isinstance(self.aggregator, GradAggregator):
             raise TypeError(f'optim_wrapper.aggregator must build a GradAggregator, got {type(self.aggregator)}')
+        self.gradient_samples = int(getattr(self.aggregator, 'gradient_samples', 1))
         if streaming and not self.aggregator.streaming:
             raise ValueError(f'{type(self.aggregator).__name__} needs every task gradient at once; '
                              'it cannot run with streaming=True')
@@ -179,13 +180,17 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self.aggregator.bind(list(self._own))
 
     def _reset_pass(self):
-        self._tasks_seen: List[str] = []
+        self._tasks_seen: List[str] = []                        # one entry per backward (a task k times
+                                                                # with k gradient samples)
         self._acc: Optional[List[Optional[Tensor]]] = None     # streaming: sum_t f_t g_t (scaled space)
         self._rows: List[Tensor] = []                           # matrix path: flat unscaled g_t
-        self._matrix: Optional[Tensor] = None                   # (T, n) storage of those rows
+        self._row_tasks: List[str] = []                         # the task of each row
+        self._row_slots: List[int] = []                         # and its row of self._matrix
+        self._matrix: Optional[Tensor] = None                   # (T * samples, n) storage of those rows
         self._shared_stash: Optional[List[Optional[Tensor]]] = None
         self._own_stash: Dict[str, List[Optional[Tensor]]] = {}
-        self._stats = OrderedDict()                             # task -> (loss, norm, own_norm, factor)
+        self._stats = OrderedDict()                             # task -> [(loss, norm, own_norm, factor)]
+        self._dropped = set()                                   # tasks skipped this micro-step
 
     # ---------------------------------------------------------------- backward
     def _backward(self, loss: Tensor) -> None:
@@ -208,7 +213,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
             return False  # approximate data parallel: the rows would be rank-local gradients
         return self._stats_due()
 
-    def _next_row(self, shared: List[nn.Parameter]) -> Tensor:
+    def _next_row(self, shared: List[nn.Parameter]) -> Tuple[int, Tensor]:
         """The next task's row of the ``(T, n)`` gradient matrix, allocated once per micro-step.
 
         Writing each task's flattened gradient straight into its row saves a concatenated copy per
@@ -218,9 +223,10 @@ class MultiTaskOptimWrapper(OptimWrapper):
             n = sum(p.numel() for p in shared)
             ref = shared[0] if shared else None
             dtype = torch.float64 if ref is not None and ref.dtype == torch.float64 else torch.float32
-            self._matrix = torch.empty((len(self._own), n), dtype=dtype,
+            self._matrix = torch.empty((len(self._own) * self.gradient_samples, n), dtype=dtype,
                                        device=ref.device if ref is not None else 'cpu')
-        return self._matrix[len(self._rows)]
+        slot = next(i for i in range(len(self._matrix)) if i not in self._row_slots)  # (a skipped task frees its)
+        return slot, self._matrix[slot]
 
     def backward_task(self, task: str, loss: Tensor) -> None:
         """Backward of one task's loss; keeps its shared gradient apart from the other tasks'.
@@ -250,16 +256,22 @@ class MultiTaskOptimWrapper(OptimWrapper):
                                'before backward_task')
         if task not in self._own:
             raise KeyError(f'unknown task {task!r}; the wrapper was bound to {list(self._own)}')
-        if task in self._tasks_seen:
-            raise RuntimeError(f'task {task!r} was backed twice in one iteration')
+        seen = self._tasks_seen.count(task)
+        if seen >= self.gradient_samples:
+            raise RuntimeError(f'task {task!r} was backed {seen + 1} times in one iteration; the aggregator takes '
+                               f'{self.gradient_samples} gradient sample(s) per task')
 
     def _stash_grads(self, task: str, shared: List[nn.Parameter], own: List[nn.Parameter]) -> None:
         """Put the gradients already in ``.grad`` aside (earlier micro-steps of an accumulation), so that
-        the task's backward leaves its own gradient alone there."""
+        the task's backward leaves its own gradient alone there. A later gradient sample of the task adds
+        to its own parameters' ``.grad`` (the parts' sum; the aggregator's ``own_scales`` averages it)."""
         if self._shared_stash is None:  # running total of earlier micro-steps (None in a plain step)
             self._shared_stash = [p.grad for p in shared]
-        self._own_stash[task] = [p.grad for p in own]
-        for p in shared + own:
+        if task not in self._own_stash:
+            self._own_stash[task] = [p.grad for p in own]
+            for p in own:
+                p.grad = None
+        for p in shared:
             p.grad = None
 
     def _finish_pending(self) -> None:
@@ -270,6 +282,12 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self._pending_task = None
         shared, own = self._shared, self._own[task]
         loss_value = self.grad_sync.after_task_backward(task, shared, own, loss_value)
+        if task in self._dropped:  # an earlier gradient sample of the task was non-finite
+            for p in shared:
+                p.grad = None
+            for p, g in zip(own, self._own_stash.pop(task)):
+                p.grad = g
+            return
         for hook in self.task_grad_hooks:
             hook(task, shared, own)
         inv = 1.0 / self._grad_scale()
@@ -283,18 +301,24 @@ class MultiTaskOptimWrapper(OptimWrapper):
             return
         local = self.grad_sync.local_weight(task)
         if self._matrix_pass():
-            self._add_row(shared, g_shared, inv * local)
+            self._add_row(task, shared, g_shared, inv * local)
             factor = float('nan')
         else:
             factor = self.aggregator.task_factor(norm, own_norm, loss_value, task)
             self._accumulate(g_shared, factor * local)
-        self._stats[task] = (loss_value, norm, own_norm, factor)
+        self._stats.setdefault(task, []).append((loss_value, norm, own_norm, factor))
 
     def _skip_task(self, task: str, own: List[nn.Parameter], norm: float, own_norm: float,
                    loss_value: float) -> None:
         """A non-finite task gradient: counted, logged, left out of this step (its own parameters keep
         their earlier micro-steps' gradients)."""
         self.skipped[task] += 1
+        self._dropped.add(task)
+        self._stats.pop(task, None)  # its earlier gradient samples, if any
+        keep = [i for i, t in enumerate(self._row_tasks) if t != task]
+        self._rows = [self._rows[i] for i in keep]
+        self._row_tasks = [self._row_tasks[i] for i in keep]
+        self._row_slots = [self._row_slots[i] for i in keep]
         print_log(f'task {task!r}: non-finite gradient (shared norm {norm}, own norm {own_norm}, '
                   f'loss {loss_value}) at update {self._inner_count}; this task is skipped for this '
                   f'step (skipped {self.skipped[task]} times so far)', logger='current',
@@ -303,15 +327,17 @@ class MultiTaskOptimWrapper(OptimWrapper):
         for p, g in zip(own, self._own_stash.pop(task)):
             p.grad = g
 
-    def _add_row(self, shared: List[nn.Parameter], grads: List[Optional[Tensor]], factor: float) -> None:
+    def _add_row(self, task: str, shared: List[nn.Parameter], grads: List[Optional[Tensor]], factor: float) -> None:
         """Matrix path: the task's flat shared gradient (times ``factor``) as the next row."""
-        row = self._next_row(shared)
+        slot, row = self._next_row(shared)
         if shared:
             torch.cat([g.reshape(-1).to(row.dtype) if g is not None else row.new_zeros(p.numel())
                        for p, g in zip(shared, grads)], out=row)
             if factor != 1.0:
                 row.mul_(factor)
         self._rows.append(row)
+        self._row_tasks.append(task)
+        self._row_slots.append(slot)
 
     def _accumulate(self, grads: List[Optional[Tensor]], factor: float) -> None:
         """Streaming path: ``acc += factor * g_t`` into the one shared-sized buffer."""
@@ -338,13 +364,16 @@ class MultiTaskOptimWrapper(OptimWrapper):
         """Aggregate this micro-step's task gradients."""
         tasks = list(self._stats)
         scale = self._grad_scale()
-        stats = torch.tensor([self._stats[t] for t in tasks], dtype=torch.float64).reshape(-1, 4)
+        stats = torch.tensor([self._task_stats(t) for t in tasks], dtype=torch.float64).reshape(-1, 4)
         losses, norms, own_norms = stats[:, 0], stats[:, 1], stats[:, 2]
         cos = None
         if self._rows:
-            G = self._matrix[:len(self._rows)]
-            self._rows, self._matrix = [], None
-            result = self.aggregator.aggregate(G, losses.to(G.dtype), own_norms.to(G.dtype), tasks)
+            G, samples = self._gradient_matrix(tasks)
+            if samples is None:
+                result = self.aggregator.aggregate(G, losses.to(G.dtype), own_norms.to(G.dtype), tasks)
+            else:  # k gradient samples per task: (k, T, n); the cosines of the parts' mean
+                result = self.aggregator.aggregate_samples(samples, losses.to(G.dtype), own_norms.to(G.dtype), tasks)
+                G = samples.mean(0) if cos_due else G
             flat = result.grad * scale
             combined, offset = [], 0
             for p in self._shared:
@@ -363,6 +392,33 @@ class MultiTaskOptimWrapper(OptimWrapper):
                 torch._foreach_mul_([c for c in combined if c is not None], common)
         self._acc = None
         return CombinedStep(tasks, combined, weights, own_scales, norms, losses, cos)
+
+    def _task_stats(self, task: str) -> tuple:
+        """(loss, shared norm, own norm, factor) of a task: with several gradient samples the mean loss and
+        norm of the parts, the own norm of their sum (what ``.grad`` holds), the first part's factor."""
+        parts = self._stats[task]
+        if len(parts) == 1:
+            return parts[0]
+        return (sum(p[0] for p in parts) / len(parts), sum(p[1] for p in parts) / len(parts), parts[-1][2],
+                parts[0][3])
+
+    def _gradient_matrix(self, tasks: List[str]):
+        """``(G, None)``: the (T, n) rows in task order; or ``(G, samples)`` with the ``(k, T, n)`` samples
+        when every task has k > 1 rows (the aggregator's gradient samples)."""
+        rows, row_tasks, slots, matrix = self._rows, self._row_tasks, self._row_slots, self._matrix
+        self._rows, self._row_tasks, self._row_slots, self._matrix = [], [], [], None
+        counts = {t: row_tasks.count(t) for t in tasks}
+        k = counts[tasks[0]]
+        if any(c != k for c in counts.values()):
+            raise RuntimeError(f'gradient samples per task differ in this step: {counts}')
+        order = [i for t in tasks for i, rt in enumerate(row_tasks) if rt == t]
+        if [slots[i] for i in order] == list(range(len(order))):
+            G = matrix[:len(order)]      # the rows in task order, in place: a view, no copy
+        else:
+            G = torch.stack([rows[i] for i in order])
+        if k == 1:
+            return G, None
+        return G, G.view(len(tasks), k, -1).transpose(0, 1)
 
     def update_tasks(self) -> None:
         """Combine the task gradients of this iteration into ``.grad`` and step when due."""
