@@ -193,3 +193,25 @@ def test_competition_config_names_the_mmpretrain_zoo_checkpoint():
     assert cfg.model.backbone.init_cfg.checkpoint == '/w/vit.pth' and cfg.model.backbone.init_cfg.prefix == 'backbone'
     cfg.merge_from_dict(p.parse_args(['--cfg-options', 'model.backbone.init_cfg=None']).cfg_options)
     assert cfg.model.backbone.init_cfg is None
+
+
+def test_recon_copies_load_from_the_plain_keys_and_count_as_matched(registered, tmp_path, log_records):
+    """A layer Recon gives one copy per task: every copy loads the plain checkpoint's key, and the load
+    report maps the copies' keys back through the routing method (nothing missing, nothing unexpected)."""
+    from projects.allinone.registry import MODELS
+    torch.manual_seed(0)
+    src = MODELS.build(vit(32, final_norm=False))
+    ckpt = write_classifier_checkpoint(str(tmp_path / 'vit.pth'), src)
+    cfg = allinone(vit(32, final_norm=False, init_cfg=dict(type='Pretrained', checkpoint=ckpt, prefix='backbone')))
+    cfg['tasks']['cls2'] = cfg['tasks']['cls']
+    cfg['recon'] = dict(layers=['backbone.layers.1.attn.proj'])
+    model = MODELS.build(cfg)
+    model.init_weights()
+    layer = model.backbone.layers[1].attn.proj
+    for task in ('cls', 'cls2'):
+        assert torch.equal(layer.copies[task].weight, src.layers[1].attn.proj.weight)
+    (rec, ) = _report_records(log_records)
+    msg = rec.getMessage()
+    n = len([k for k in src.state_dict() if not k.endswith('num_batches_tracked')])
+    assert rec.levelno == logging.INFO
+    assert f'{n} of {n} tensors loaded; 0 shape mismatched, 0 missing' in msg and '0 unexpected' in msg

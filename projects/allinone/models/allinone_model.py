@@ -167,12 +167,18 @@ class AllInOneModel(BaseModel):
             super().init_weights()
         if pretrained_checkpoint(init_cfg) is not None and loads:
             source = describe_source(init_cfg)
-            report = load_report(self.backbone, loads[0])
+            report = load_report(self.backbone, loads[0], plain_key=self._plain_backbone_key)
             check_load_report(report, source, pretrained_checkpoint(init_cfg)[1])
             level = logging.WARNING if report['missing'] or report['mismatched'] else logging.INFO
             print_log(format_load_report(report, source), logger='current', level=level)
         for method in self.routing.values():
             method.after_init_weights(self)
+
+    def _plain_backbone_key(self, key: str) -> str:
+        """A backbone state-dict key as a checkpoint of the plain backbone names it (routing methods)."""
+        for method in self.routing.values():
+            key = method.plain_key(key, 'backbone')
+        return key
 
     # ------------------------------------------------------------------ forward
     def _check_task(self, task: str) -> BaseModel:

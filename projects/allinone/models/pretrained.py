@@ -15,7 +15,7 @@ file is read as it is. The backbone's own load-state-dict hooks adapt the checkp
 import os.path as osp
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
 from torch import nn
@@ -134,24 +134,17 @@ def _module_group(key: str) -> str:
     return parts[0] if len(parts) > 1 else key
 
 
-def _source_key(key: str, per_task_layers: List[str]) -> str:
-    """A model key as a plain checkpoint names it: Recon's ``<layer>.copies.<task>.<p>`` -> ``<layer>.<p>``."""
-    for layer in per_task_layers:
-        head = f'{layer}.copies.'
-        if key.startswith(head):
-            return f'{layer}.{key[len(head):].split(".", 1)[1]}'
-    return key
+def load_report(module: nn.Module, loaded: Dict[str, tuple], plain_key: Callable[[str], str] = lambda k: k) -> dict:
+    """Compare the checkpoint's ``{key: shape}`` (as the module saw it) with the module's state dict.
 
-
-def load_report(module: nn.Module, loaded: Dict[str, tuple]) -> dict:
-    """Compare the checkpoint's ``{key: shape}`` (as the module saw it) with the module's state dict."""
-    from ..routing.recon.layers import task_layers  # Recon copies load from the plain keys
-    per_task = [name for name, _ in task_layers(module)]
+    ``plain_key``: how a plain checkpoint names a key of ``module`` (a routing method that gives a layer one
+    copy per task maps ``<layer>.copies.<task>.<p>`` back to ``<layer>.<p>``, the key the copies load from).
+    """
     model = OrderedDict()
     for k, v in module.state_dict().items():
         if not k.endswith('num_batches_tracked'):
-            model.setdefault(_source_key(k, per_task), tuple(v.shape))
-    buffers = {_source_key(k, per_task) for k, _ in module.named_buffers()}
+            model.setdefault(plain_key(k), tuple(v.shape))
+    buffers = {plain_key(k) for k, _ in module.named_buffers()}
     matched = [k for k, s in model.items() if loaded.get(k) == s]
     mismatched = [(k, loaded[k], s) for k, s in model.items() if k in loaded and loaded[k] != s]
     # a buffer the checkpoint lacks (a Swin's relative_position_index) keeps the value the model computed

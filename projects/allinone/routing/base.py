@@ -52,6 +52,11 @@ class RoutingMethod:
     def after_init_weights(self, model: nn.Module) -> None:
         """Called after the model's weights are initialised (or loaded as pretrained)."""
 
+    def plain_key(self, key: str, prefix: str) -> str:
+        """How a checkpoint of the plain network names ``key`` of the module named ``prefix`` (e.g. a
+        per-task copy's key -> the shared layer's key it loads from); default: the key itself."""
+        return key
+
 
 def model_name(modules: Dict[str, nn.Module], name: str) -> Optional[str]:
     """The model's name of a module given by its model name (``'backbone.layer4'``) or its name in the

@@ -213,5 +213,15 @@ class Recon(RoutingMethod):
     def after_init_weights(self, model: nn.Module) -> None:
         sync_task_copies(model)  # every task's copy starts from the same initial weights
 
+    def plain_key(self, key: str, prefix: str) -> str:
+        """``<layer>.copies.<task>.<p>`` -> ``<layer>.<p>`` (keys of the module ``prefix``, e.g. 'backbone')."""
+        for layer in self.layers:
+            if not layer.startswith(prefix + '.'):
+                continue
+            head = f'{layer[len(prefix) + 1:]}.copies.'
+            if key.startswith(head):
+                return f'{layer[len(prefix) + 1:]}.{key[len(head):].split(".", 1)[1]}'
+        return key
+
     def __repr__(self):
         return f'Recon(layers={self.layers})'
