@@ -1,6 +1,6 @@
 """Shared helpers of the gradient-aggregation family's tests (PCGrad, CAGrad, MGDA, IMTL-G, GradVac,
-Aligned-MTL, Nash-MTL): float32 gradient sets with float32 tolerances, and the common contract every
-one of these methods is checked against in its own file (``test_<method>.py``).
+Aligned-MTL, Nash-MTL): float32 gradient sets with float32 tolerances, and the checks of
+the common contract, run for all of them by ``test_gradient_family_contract.py``.
 
 Imported as ``from gradient_props import ...`` (this folder is on ``sys.path``, see ``agg_props``).
 """

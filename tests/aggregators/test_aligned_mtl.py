@@ -1,6 +1,5 @@
 """Aligned-MTL: known answers, the paper's formula from an SVD computed here (condition number 1, equal
-singular values along every principal direction), rank-deficient gradients, task weights, and the
-common contract."""
+singular values along every principal direction), rank-deficient gradients, task weights."""
 import numpy as np
 import pytest
 
@@ -8,19 +7,10 @@ from projects.allinone.engine.aggregators import AlignedMTLAggregator
 
 from gradient_props import (
     G,
-    check_bad_hyperparameters,
-    check_missing_task_row,
-    check_single_task,
-    check_state_dict_round_trip,
-    check_through_optim_wrapper,
-    check_weights_reproduce_grad,
-    check_zero_gradient_row,
     close,
     random_grads,
     run,
 )
-
-NAME = 'AlignedMTLAggregator'
 
 
 def aligned_reference(grads, mode='min'):
@@ -65,44 +55,3 @@ def test_aligned_rank_deficient_and_weights():
     agg = AlignedMTLAggregator(task_weights=dict(task0=2.0), scale_heads=True)
     r = run(agg, G([3, 0], [0, 1]))
     close(r.grad, [2, 1]), close(r.own_scales, r.weights)
-
-
-# ----------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_weights_reproduce_grad(name):
-    check_weights_reproduce_grad(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip(name):
-    check_state_dict_round_trip(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row(name):
-    check_missing_task_row(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-@pytest.mark.parametrize('zero_rows', [[1], [0, 1, 2]])
-def test_zero_gradient_row(name, zero_rows):
-    check_zero_gradient_row(name, zero_rows)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_single_task(name):
-    check_single_task(name)
-
-
-# ids: those of the family's former common table (tests/test_aggregators_gradient.py)
-@pytest.mark.parametrize('cfg', [
-    pytest.param(dict(type=NAME, scale_mode='max'), id='cfg6'),
-    pytest.param(dict(type=NAME, task_weights=dict(a=-1)), id='cfg7'),
-])
-def test_bad_hyperparameters(cfg):
-    check_bad_hyperparameters(cfg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_through_optim_wrapper(name):
-    check_through_optim_wrapper(name)

@@ -1,5 +1,5 @@
 """CAGrad: known answers (the official defaults' rescaling and reduction), the worst-case improvement
-maximised over the ball (against dense sampling), and the common contract."""
+maximised over the ball (against dense sampling)."""
 import numpy as np
 import pytest
 
@@ -7,19 +7,10 @@ from projects.allinone.engine.aggregators import CAGradAggregator
 
 from gradient_props import (
     G,
-    check_bad_hyperparameters,
-    check_missing_task_row,
-    check_single_task,
-    check_state_dict_round_trip,
-    check_through_optim_wrapper,
-    check_weights_reproduce_grad,
-    check_zero_gradient_row,
     close,
     random_grads,
     run,
 )
-
-NAME = 'CAGradAggregator'
 
 
 def test_cagrad_known_answers():
@@ -54,44 +45,3 @@ def test_cagrad_maximises_worst_case_improvement(seed, c):
     best = (samples @ g.T).min(1).max()
     assert best <= ours + 1e-6 * max(1.0, abs(ours))            # nothing in the ball does better
     assert ours - best <= 2e-3 * np.linalg.norm(g, axis=1).max() * radius   # and we reach the top
-
-
-# ----------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_weights_reproduce_grad(name):
-    check_weights_reproduce_grad(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip(name):
-    check_state_dict_round_trip(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row(name):
-    check_missing_task_row(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-@pytest.mark.parametrize('zero_rows', [[1], [0, 1, 2]])
-def test_zero_gradient_row(name, zero_rows):
-    check_zero_gradient_row(name, zero_rows)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_single_task(name):
-    check_single_task(name)
-
-
-# ids: those of the family's former common table (tests/test_aggregators_gradient.py)
-@pytest.mark.parametrize('cfg', [
-    pytest.param(dict(type=NAME, c=-0.1), id='cfg1'),
-    pytest.param(dict(type=NAME, rescale=3), id='cfg2'),
-])
-def test_bad_hyperparameters(cfg):
-    check_bad_hyperparameters(cfg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_through_optim_wrapper(name):
-    check_through_optim_wrapper(name)

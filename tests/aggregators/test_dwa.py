@@ -1,21 +1,10 @@
-"""Dynamic weight average (DWA): the weights follow the slowest-falling loss, held for a window, and
-the loss-weighting family's common contract."""
+"""Dynamic weight average (DWA): the weights follow the slowest-falling loss, held for a window."""
 import pytest
 import torch
 
 from projects.allinone.engine.aggregators import DWAAggregator
 
 from agg_props import TASKS
-from weighting_props import (
-    check_bad_hyperparameter_names_the_argument,
-    check_build_from_registry,
-    check_missing_task_row_leaves_its_state_alone,
-    check_state_dict_round_trip_gives_identical_next_results,
-    check_streaming_and_matrix_paths_agree,
-    check_trains_through_the_optim_wrapper,
-)
-
-NAME = 'DWAAggregator'
 
 
 def test_dwa_weights_follow_the_slowest_falling_loss():
@@ -35,38 +24,3 @@ def test_dwa_weights_follow_the_slowest_falling_loss():
     assert float(w.sum()) == pytest.approx(3.0)
     for k in range(7, 9):  # held for the whole window
         torch.testing.assert_close(agg.aggregate(grads, loss_of(k), None, TASKS).weights, expect)
-
-
-# ---------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_build_from_registry(name):
-    check_build_from_registry(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_streaming_and_matrix_paths_agree(name):
-    check_streaming_and_matrix_paths_agree(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip_gives_identical_next_results(name):
-    check_state_dict_round_trip_gives_identical_next_results(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row_leaves_its_state_alone(name):
-    check_missing_task_row_leaves_its_state_alone(name)
-
-
-# ids: those of the family's former common table (tests/test_aggregators_weighting.py)
-@pytest.mark.parametrize('name,kwargs,arg', [
-    pytest.param(NAME, dict(window=0), 'window', id='DWAAggregator-kwargs5-window'),
-    pytest.param(NAME, dict(temperature=-2), 'temperature', id='DWAAggregator-kwargs6-temperature'),
-])
-def test_bad_hyperparameters_name_the_argument(name, kwargs, arg):
-    check_bad_hyperparameter_names_the_argument(name, kwargs, arg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_each_method_trains_through_the_optim_wrapper(name):
-    check_trains_through_the_optim_wrapper(name)

@@ -1,20 +1,9 @@
 """FAMO: the closed-form weights from the logits, the logit update as one Adam step on the log-loss
-change, a stalled task gaining weight, and the loss-weighting family's common contract."""
+change, a stalled task gaining weight."""
 import pytest
 import torch
 
 from projects.allinone.engine.aggregators import FAMOAggregator
-
-from weighting_props import (
-    check_bad_hyperparameter_names_the_argument,
-    check_build_from_registry,
-    check_missing_task_row_leaves_its_state_alone,
-    check_state_dict_round_trip_gives_identical_next_results,
-    check_streaming_and_matrix_paths_agree,
-    check_trains_through_the_optim_wrapper,
-)
-
-NAME = 'FAMOAggregator'
 
 
 def test_famo_closed_form_gradient():
@@ -58,38 +47,3 @@ def test_famo_task_whose_loss_stalls_gains_weight():
     assert xi['stalled'] > xi['falling']
     w = agg.next_weights(dict(falling=1.0, stalled=1.0))  # at equal losses the stalled task leads
     assert w['stalled'] > 0.6
-
-
-# ---------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_build_from_registry(name):
-    check_build_from_registry(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_streaming_and_matrix_paths_agree(name):
-    check_streaming_and_matrix_paths_agree(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip_gives_identical_next_results(name):
-    check_state_dict_round_trip_gives_identical_next_results(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row_leaves_its_state_alone(name):
-    check_missing_task_row_leaves_its_state_alone(name)
-
-
-# ids: those of the family's former common table (tests/test_aggregators_weighting.py)
-@pytest.mark.parametrize('name,kwargs,arg', [
-    pytest.param(NAME, dict(lr=-0.1), 'lr', id='FAMOAggregator-kwargs12-lr'),
-    pytest.param(NAME, dict(gamma=-1), 'gamma', id='FAMOAggregator-kwargs13-gamma'),
-])
-def test_bad_hyperparameters_name_the_argument(name, kwargs, arg):
-    check_bad_hyperparameter_names_the_argument(name, kwargs, arg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_each_method_trains_through_the_optim_wrapper(name):
-    check_trains_through_the_optim_wrapper(name)

@@ -1,20 +1,8 @@
-"""GradNorm: alpha = 0 equalises the weighted gradient norms, the slowly training task gains weight,
-and the loss-weighting family's common contract."""
+"""GradNorm: alpha = 0 equalises the weighted gradient norms, the slowly training task gains weight."""
 import pytest
 import torch
 
 from projects.allinone.engine.aggregators import GradNormAggregator
-
-from weighting_props import (
-    check_bad_hyperparameter_names_the_argument,
-    check_build_from_registry,
-    check_missing_task_row_leaves_its_state_alone,
-    check_state_dict_round_trip_gives_identical_next_results,
-    check_streaming_and_matrix_paths_agree,
-    check_trains_through_the_optim_wrapper,
-)
-
-NAME = 'GradNormAggregator'
 
 
 def test_gradnorm_alpha0_equalises_weighted_norms():
@@ -50,39 +38,3 @@ def test_gradnorm_favours_the_slowly_training_task():
     r = rel / rel.mean()
     # the target ratio (r_slow / r_fast)^alpha is ~92 here; the weights follow it with some lag
     assert float(w[1] / w[0]) > 0.5 * float((r[1] / r[0]) ** 1.5)
-
-
-# ---------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_build_from_registry(name):
-    check_build_from_registry(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_streaming_and_matrix_paths_agree(name):
-    check_streaming_and_matrix_paths_agree(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip_gives_identical_next_results(name):
-    check_state_dict_round_trip_gives_identical_next_results(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row_leaves_its_state_alone(name):
-    check_missing_task_row_leaves_its_state_alone(name)
-
-
-# ids: those of the family's former common table (tests/test_aggregators_weighting.py)
-@pytest.mark.parametrize('name,kwargs,arg', [
-    pytest.param(NAME, dict(alpha=-1), 'alpha', id='GradNormAggregator-kwargs7-alpha'),
-    pytest.param(NAME, dict(lr=float('nan')), 'lr', id='GradNormAggregator-kwargs8-lr'),
-    pytest.param(NAME, dict(min_weight=0), 'min_weight', id='GradNormAggregator-kwargs9-min_weight'),
-])
-def test_bad_hyperparameters_name_the_argument(name, kwargs, arg):
-    check_bad_hyperparameter_names_the_argument(name, kwargs, arg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_each_method_trains_through_the_optim_wrapper(name):
-    check_trains_through_the_optim_wrapper(name)

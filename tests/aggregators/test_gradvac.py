@@ -1,5 +1,5 @@
 """GradVac: PCGrad at the first step, the cosine moved to its target (EMA of the measured cosines),
-untouched above the target, targets of pairs with a missing task kept, and the common contract."""
+untouched above the target, targets of pairs with a missing task kept."""
 import math
 
 import pytest
@@ -10,13 +10,7 @@ from projects.allinone.engine.aggregators._gram import gram_matrix
 
 from gradient_props import (
     G,
-    check_bad_hyperparameters,
     check_missing_task_row,
-    check_single_task,
-    check_state_dict_round_trip,
-    check_through_optim_wrapper,
-    check_weights_reproduce_grad,
-    check_zero_gradient_row,
     close,
     random_grads,
     run,
@@ -59,46 +53,9 @@ def test_gradvac_above_target_untouched_and_ema():
     assert agg.state_dict()['targets']['a']['b'] == pytest.approx(0.01 * math.sqrt(0.5))
 
 
-# ----------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_weights_reproduce_grad(name):
-    check_weights_reproduce_grad(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip(name):
-    check_state_dict_round_trip(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row(name):
-    agg, before = check_missing_task_row(name)
+def test_gradvac_missing_task_keeps_pair_targets():
+    agg, before = check_missing_task_row(NAME)
     after = agg.state_dict()['targets']  # pairs with the missing task keep their targets
     assert after['b'] == before['targets']['b']
     assert after['a']['b'] == before['targets']['a']['b']
     assert after['a']['c'] != before['targets']['a']['c']
-
-
-@pytest.mark.parametrize('name', [NAME])
-@pytest.mark.parametrize('zero_rows', [[1], [0, 1, 2]])
-def test_zero_gradient_row(name, zero_rows):
-    check_zero_gradient_row(name, zero_rows)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_single_task(name):
-    check_single_task(name)
-
-
-# ids: those of the family's former common table (tests/test_aggregators_gradient.py)
-@pytest.mark.parametrize('cfg', [
-    pytest.param(dict(type=NAME, beta=0.0), id='cfg4'),
-    pytest.param(dict(type=NAME, beta=1.5), id='cfg5'),
-])
-def test_bad_hyperparameters(cfg):
-    check_bad_hyperparameters(cfg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_through_optim_wrapper(name):
-    check_through_optim_wrapper(name)

@@ -1,6 +1,6 @@
 """MaxGNR: the noisy task weighted down (the two-task optimum), the solved weights against a grid on
 the simplex, the estimated inner products and noise, sketch vs full-size statistics, warm-up, the count
-sketch, and the common contract it shares with the loss-weighting family (no streaming path)."""
+sketch."""
 import math
 
 import numpy as np
@@ -8,16 +8,6 @@ import pytest
 import torch
 
 from projects.allinone.engine.aggregators import MaxGNRAggregator
-
-from weighting_props import (
-    check_bad_hyperparameter_names_the_argument,
-    check_build_from_registry,
-    check_missing_task_row_leaves_its_state_alone,
-    check_state_dict_round_trip_gives_identical_next_results,
-    check_trains_through_the_optim_wrapper,
-)
-
-NAME = 'MaxGNRAggregator'
 
 
 def gnr_stream(agg, G, noise_std, steps, seed=0):
@@ -132,37 +122,3 @@ def test_count_sketch_preserves_inner_products():
     assert float(sx @ sx) == pytest.approx(float(x @ x), rel=0.1)
     torch.testing.assert_close(CountSketch(4096, seed=1)(x), sx)  # fixed by the seed
     torch.testing.assert_close(sk(torch.stack([x, y])), torch.stack([sx, sy]))
-
-
-# ---------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_build_from_registry(name):
-    check_build_from_registry(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip_gives_identical_next_results(name):
-    check_state_dict_round_trip_gives_identical_next_results(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row_leaves_its_state_alone(name):
-    check_missing_task_row_leaves_its_state_alone(name)
-
-
-# ids: those of the family's former common table (tests/test_aggregators_weighting.py)
-@pytest.mark.parametrize('name,kwargs,arg', [
-    pytest.param(NAME, dict(beta=1.0), 'beta', id='MaxGNRAggregator-kwargs14-beta'),
-    pytest.param(NAME, dict(mean_beta=-0.1), 'mean_beta', id='MaxGNRAggregator-kwargs15-mean_beta'),
-    pytest.param(NAME, dict(warmup=1), 'warmup', id='MaxGNRAggregator-kwargs16-warmup'),
-    pytest.param(NAME, dict(update_interval=0), 'update_interval', id='MaxGNRAggregator-kwargs17-update_interval'),
-    pytest.param(NAME, dict(sketch_dim=0), 'sketch_dim', id='MaxGNRAggregator-kwargs18-sketch_dim'),
-    pytest.param(NAME, dict(min_ratio=2), 'min_ratio', id='MaxGNRAggregator-kwargs19-min_ratio'),
-])
-def test_bad_hyperparameters_name_the_argument(name, kwargs, arg):
-    check_bad_hyperparameter_names_the_argument(name, kwargs, arg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_each_method_trains_through_the_optim_wrapper(name):
-    check_trains_through_the_optim_wrapper(name)

@@ -1,5 +1,5 @@
 """MGDA: known answers, the min-norm point of the convex hull (against brute force and its optimality
-condition), the many-task solver against the exact one, the normalisations, and the common contract."""
+condition), the many-task solver against the exact one, the normalisations."""
 import math
 
 import numpy as np
@@ -11,19 +11,10 @@ from projects.allinone.engine.aggregators._gram import gram_matrix, min_norm_wei
 
 from gradient_props import (
     G,
-    check_bad_hyperparameters,
-    check_missing_task_row,
-    check_single_task,
-    check_state_dict_round_trip,
-    check_through_optim_wrapper,
-    check_weights_reproduce_grad,
-    check_zero_gradient_row,
     close,
     random_grads,
     run,
 )
-
-NAME = 'MGDAAggregator'
 
 
 def brute_force_min_norm(grads, steps=200):
@@ -85,43 +76,3 @@ def test_mgda_normalizations():
         expected = min_norm_weights(K / np.outer(gn, gn))
         close(r.weights, expected), close(r.own_scales, expected)
         close(r.grad, torch.tensor(expected, dtype=torch.float32) @ grads)   # alpha on the raw gradients
-
-
-# ----------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_weights_reproduce_grad(name):
-    check_weights_reproduce_grad(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip(name):
-    check_state_dict_round_trip(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row(name):
-    check_missing_task_row(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-@pytest.mark.parametrize('zero_rows', [[1], [0, 1, 2]])
-def test_zero_gradient_row(name, zero_rows):
-    check_zero_gradient_row(name, zero_rows)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_single_task(name):
-    check_single_task(name)
-
-
-# ids: those of the family's former common table (tests/test_aggregators_gradient.py)
-@pytest.mark.parametrize('cfg', [
-    pytest.param(dict(type=NAME, normalization='norm'), id='cfg3'),
-])
-def test_bad_hyperparameters(cfg):
-    check_bad_hyperparameters(cfg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_through_optim_wrapper(name):
-    check_through_optim_wrapper(name)

@@ -1,5 +1,5 @@
 """Nash-MTL: known answers, the bargaining equation alpha * (K alpha) = 1 solved, the logged and counted
-fallback, weights updated every k steps, and the common contract."""
+fallback, weights updated every k steps."""
 import numpy as np
 import pytest
 
@@ -9,19 +9,10 @@ from projects.allinone.engine.aggregators._gram import gram_matrix
 
 from gradient_props import (
     G,
-    check_bad_hyperparameters,
-    check_missing_task_row,
-    check_single_task,
-    check_state_dict_round_trip,
-    check_through_optim_wrapper,
-    check_weights_reproduce_grad,
-    check_zero_gradient_row,
     close,
     random_grads,
     run,
 )
-
-NAME = 'NashMTLAggregator'
 
 
 def test_nash_known_answers():
@@ -63,44 +54,3 @@ def test_nash_update_weights_every():
     first = run(agg, G([1, 0], [0, 2])).weights
     close(run(agg, G([5, 0], [0, 1])).weights, first)            # reused
     close(run(agg, G([5, 0], [0, 1])).weights, [0.2, 1])         # solved again
-
-
-# ----------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_weights_reproduce_grad(name):
-    check_weights_reproduce_grad(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip(name):
-    check_state_dict_round_trip(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row(name):
-    check_missing_task_row(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-@pytest.mark.parametrize('zero_rows', [[1], [0, 1, 2]])
-def test_zero_gradient_row(name, zero_rows):
-    check_zero_gradient_row(name, zero_rows)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_single_task(name):
-    check_single_task(name)
-
-
-# ids: those of the family's former common table (tests/test_aggregators_gradient.py)
-@pytest.mark.parametrize('cfg', [
-    pytest.param(dict(type=NAME, update_weights_every=0), id='cfg8'),
-    pytest.param(dict(type=NAME, max_norm=-1.0), id='cfg9'),
-])
-def test_bad_hyperparameters(cfg):
-    check_bad_hyperparameters(cfg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_through_optim_wrapper(name):
-    check_through_optim_wrapper(name)

@@ -1,9 +1,8 @@
 """PCGrad: known answers, conflicting components removed (Algorithm 1 of the paper with explicit
-vectors), the random projection order from the method's own generator, and the common contract."""
+vectors), the random projection order from the method's own generator."""
 import itertools
 
 import numpy as np
-import pytest
 import torch
 
 from projects.allinone.engine.aggregators import PCGradAggregator
@@ -11,19 +10,10 @@ from projects.allinone.engine.aggregators._gram import gram_matrix
 
 from gradient_props import (
     G,
-    check_bad_hyperparameters,
-    check_missing_task_row,
-    check_single_task,
-    check_state_dict_round_trip,
-    check_through_optim_wrapper,
-    check_weights_reproduce_grad,
-    check_zero_gradient_row,
     close,
     random_grads,
     run,
 )
-
-NAME = 'PCGradAggregator'
 
 
 def pcgrad_reference(grads, orders):
@@ -86,43 +76,3 @@ def test_pcgrad_random_order_from_its_own_generator():
         torch.manual_seed(seed + 100)                                      # the global RNG plays no part
         close(run(PCGradAggregator(seed=seed), grads).grad, r.grad, atol=0, rtol=0)   # reproducible
     assert len(seen) > 1                                                   # and really random
-
-
-# ----------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_weights_reproduce_grad(name):
-    check_weights_reproduce_grad(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip(name):
-    check_state_dict_round_trip(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row(name):
-    check_missing_task_row(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-@pytest.mark.parametrize('zero_rows', [[1], [0, 1, 2]])
-def test_zero_gradient_row(name, zero_rows):
-    check_zero_gradient_row(name, zero_rows)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_single_task(name):
-    check_single_task(name)
-
-
-# ids: those of the family's former common table (tests/test_aggregators_gradient.py)
-@pytest.mark.parametrize('cfg', [
-    pytest.param(dict(type=NAME, reduction='max'), id='cfg0'),
-])
-def test_bad_hyperparameters(cfg):
-    check_bad_hyperparameters(cfg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_through_optim_wrapper(name):
-    check_through_optim_wrapper(name)

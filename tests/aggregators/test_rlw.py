@@ -1,21 +1,11 @@
 """Random loss weighting (RLW): a softmax of standard normal draws from the method's own generator,
-resumed from a checkpoint on the same sequence, and the loss-weighting family's common contract."""
+resumed from a checkpoint on the same sequence."""
 import pytest
 import torch
 
 from projects.allinone.engine.aggregators import RLWAggregator
 
 from agg_props import TASKS, roundtrip
-from weighting_props import (
-    check_bad_hyperparameter_names_the_argument,
-    check_build_from_registry,
-    check_missing_task_row_leaves_its_state_alone,
-    check_state_dict_round_trip_gives_identical_next_results,
-    check_streaming_and_matrix_paths_agree,
-    check_trains_through_the_optim_wrapper,
-)
-
-NAME = 'RLWAggregator'
 
 
 def test_rlw_weights_are_a_random_softmax():
@@ -56,38 +46,3 @@ def test_rlw_private_seed_resumes_the_same_sequence():
     wb = [b.aggregate(grads, torch.ones(3), None, TASKS).weights for _ in range(3)]
     for x, y in zip(wa, wb):
         assert torch.equal(x, y)
-
-
-# ---------------------------------------------------------------------------- the common contract
-@pytest.mark.parametrize('name', [NAME])
-def test_build_from_registry(name):
-    check_build_from_registry(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_streaming_and_matrix_paths_agree(name):
-    check_streaming_and_matrix_paths_agree(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_state_dict_round_trip_gives_identical_next_results(name):
-    check_state_dict_round_trip_gives_identical_next_results(name)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_missing_task_row_leaves_its_state_alone(name):
-    check_missing_task_row_leaves_its_state_alone(name, seg_state='redrawn')
-
-
-# ids: those of the family's former common table (tests/test_aggregators_weighting.py)
-@pytest.mark.parametrize('name,kwargs,arg', [
-    pytest.param(NAME, dict(total=0), 'total', id='RLWAggregator-kwargs10-total'),
-    pytest.param(NAME, dict(seed=1.5), 'seed', id='RLWAggregator-kwargs11-seed'),
-])
-def test_bad_hyperparameters_name_the_argument(name, kwargs, arg):
-    check_bad_hyperparameter_names_the_argument(name, kwargs, arg)
-
-
-@pytest.mark.parametrize('name', [NAME])
-def test_each_method_trains_through_the_optim_wrapper(name):
-    check_trains_through_the_optim_wrapper(name)

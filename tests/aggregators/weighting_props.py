@@ -1,7 +1,7 @@
 """Shared helpers of the loss-weighting family's tests (Equal, UW, DWA, GradNorm, RLW, FAMO) and MaxGNR:
 a configuration of each that makes its state move, a stream of falling losses, the streaming and matrix
-paths of one step, and the common contract every one of these methods is checked against in its own
-file (``test_<method>.py``).
+paths of one step, and the checks of the common contract, run for all of them by
+``test_weighting_family_contract.py``.
 
 Imported as ``from weighting_props import ...`` (this folder is on ``sys.path``, see ``agg_props``).
 """
