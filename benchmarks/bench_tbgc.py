@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Step time and memory of the per-task gradient wrapper (TBGC, Sum) against the vanilla joint step.
+"""Step time and memory of the per-task gradient wrapper (TBGC, Sum) against the joint step.
 
 Arms, all on the same model (the demo's) and the same real demo batches:
-  vanilla   mmengine ``OptimWrapper``: one backward of the summed loss, global clip 0.1
-  sum       ``MultiTaskOptimWrapper`` + ``SumAggregator`` (per-task backward passes) + global clip 0.1
+  joint     mmengine ``OptimWrapper``: one backward of the summed loss, global clip 0.1
+  sum       ``MultiTaskOptimWrapper`` + ``SumAggregator`` (per-task backward passes) + global clip 0.1:
+            the method called ``vanilla`` elsewhere
   tbgc      ``MultiTaskOptimWrapper`` + ``TBGCAggregator(max_norm=0.1)`` (streaming)
   tbgc_mat  the same through the matrix path (holds all T task gradients), for reference
 
 Speed: the arms are interleaved step by step in one process (shared noise), and the median of the
-per-step ratios to vanilla is reported. Memory: each arm runs alone in a fresh process; after two
+per-step ratios to the joint step is reported. Memory: each arm runs alone in a fresh process; after two
 warm-up steps (optimizer state allocated) one step runs under torch's profiler and the peak of its
 memory timeline (all live CPU tensors: parameters, optimizer state, activations, gradients,
 buffers) is reported. Process RSS is useless here: its peak is set while importing the libraries.
@@ -19,14 +20,13 @@ import argparse
 import copy
 import json
 import os.path as osp
-import statistics
 import subprocess
 import sys
-import time
 
-from projects.allinone.benchmarking.demo import REPO, build, cpu_machine, peak_step_memory_mb, step, write_result
+from projects.allinone.benchmarking.demo import REPO, build, cpu_machine, peak_step_memory_mb, write_result
+from projects.allinone.benchmarking.method_cost import interleaved_speed, peak_mb_in_fresh_process
 
-ARMS = ('vanilla', 'sum', 'tbgc', 'tbgc_mat')
+ARMS = ('joint', 'sum', 'tbgc', 'tbgc_mat')
 
 
 def make_wrapper(arm, model):
@@ -35,7 +35,7 @@ def make_wrapper(arm, model):
 
     from projects.allinone.engine.optim_wrappers import MultiTaskOptimWrapper
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    if arm == 'vanilla':
+    if arm == 'joint':
         return OptimWrapper(opt, clip_grad=dict(max_norm=0.1))
     if arm == 'sum':
         return MultiTaskOptimWrapper(opt, aggregator=dict(type='SumAggregator'), clip_grad=dict(max_norm=0.1),
@@ -50,18 +50,7 @@ def run_speed(args):
     model, batch = build(args.data)
     models = {arm: copy.deepcopy(model) for arm in ARMS}
     wrappers = {arm: make_wrapper(arm, models[arm]) for arm in ARMS}
-    times = {arm: [] for arm in ARMS}
-    for i in range(args.warmup + args.steps):
-        order = ARMS if i % 2 == 0 else ARMS[::-1]
-        for arm in order:
-            t0 = time.perf_counter()
-            step(models[arm], wrappers[arm], batch)
-            if i >= args.warmup:
-                times[arm].append(time.perf_counter() - t0)
-    out = dict()
-    for arm in ARMS:
-        ratios = [t / v for t, v in zip(times[arm], times['vanilla'])]
-        out[arm] = dict(median_s=statistics.median(times[arm]), ratio_to_vanilla=statistics.median(ratios))
+    out = interleaved_speed(models, wrappers, batch, args.steps, args.warmup, baseline='joint')
     shared = sum(p.numel() * p.element_size() for _, p in model.shared_parameters())
     return dict(speed=out, shared_param_mb=shared / 2**20)
 
@@ -89,21 +78,20 @@ def main():
     res = run_speed(args)
     mem = {}
     for arm in ARMS:
-        outp = subprocess.check_output([sys.executable, __file__, '--arm', arm, '--data', args.data,
-                                        '--threads', str(args.threads)], stderr=subprocess.DEVNULL)
-        mem[arm] = json.loads(outp.decode().strip().splitlines()[-1])['peak_mb']
+        mem[arm] = peak_mb_in_fresh_process([sys.executable, __file__, '--arm', arm, '--data', args.data,
+                                             '--threads', str(args.threads)])
     res['peak_tensor_mb'] = mem
-    res['extra_over_vanilla_mb'] = {a: mem[a] - mem['vanilla'] for a in ARMS}
+    res['extra_over_joint_mb'] = {a: mem[a] - mem['joint'] for a in ARMS}
     res['machine'] = cpu_machine(threads=args.threads)
     res['steps'] = args.steps
     write_result(res, args.out)
     print(f"shared (backbone) parameters: {res['shared_param_mb']:.1f} MB")
-    print("| arm | median step (s) | step time / vanilla | peak tensor memory (MB) | extra over vanilla (MB) |")
+    print("| arm | median step (s) | step time / joint | peak tensor memory (MB) | extra over joint (MB) |")
     print('|---|---|---|---|---|')
     for arm in ARMS:
         s = res['speed'][arm]
-        print(f"| {arm} | {s['median_s']:.3f} | {s['ratio_to_vanilla']:.3f} | {mem[arm]:.1f} | "
-              f"{res['extra_over_vanilla_mb'][arm]:+.1f} |")
+        print(f"| {arm} | {s['median_s']:.3f} | {s['ratio_to_joint']:.3f} | {mem[arm]:.1f} | "
+              f"{res['extra_over_joint_mb'][arm]:+.1f} |")
 
 
 if __name__ == '__main__':

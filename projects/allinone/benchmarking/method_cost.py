@@ -60,30 +60,48 @@ def quartiles(values):
     return statistics.quantiles(values, n=4) if len(values) > 1 else list(values) * 3
 
 
+def interleaved_speed(models, wrappers, batch, steps, warmup=2, baseline='joint'):
+    """Time one step of every arm, the arms interleaved step by step (order reversed every other step) so
+    machine noise hits them alike; per arm the median wall and process-CPU step time and the median (and
+    quartiles) of the per-step ratios to ``baseline``'s step. The global RNG is reseeded before each step,
+    so arms that draw from it (RLW, PCGrad's order) see the same numbers."""
+    import torch
+    arms = tuple(models)
+    times = {a: [] for a in arms}
+    cpu = {a: [] for a in arms}   # process CPU time: what the step cost, whatever else shares the machine
+    for i in range(warmup + steps):
+        for a in (arms if i % 2 == 0 else arms[::-1]):
+            torch.manual_seed(i)
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(models[a], wrappers[a], batch)
+            if i >= warmup:
+                times[a].append(time.perf_counter() - t0)
+                cpu[a].append(time.process_time() - c0)
+    out = {}
+    for a in arms:
+        ratios = [t / v for t, v in zip(times[a], times[baseline])]
+        cpu_ratios = [t / v for t, v in zip(cpu[a], cpu[baseline])]
+        out[a] = {'median_s': statistics.median(times[a]), f'ratio_to_{baseline}': statistics.median(ratios),
+                  'ratio_quartiles': quartiles(ratios), 'median_cpu_s': statistics.median(cpu[a]),
+                  f'cpu_ratio_to_{baseline}': statistics.median(cpu_ratios),
+                  'cpu_ratio_quartiles': quartiles(cpu_ratios)}
+    return out
+
+
+def peak_mb_in_fresh_process(argv):
+    """Run ``argv`` (a command that prints ``{"peak_mb": ...}`` as its last line) in a fresh process: the
+    peak of one arm's step memory, unaffected by what the other arms allocated."""
+    out = subprocess.check_output(argv, stderr=subprocess.DEVNULL)
+    return json.loads(out.decode().strip().splitlines()[-1])['peak_mb']
+
+
 def run_speed(args, methods):
     import torch
     torch.set_num_threads(args.threads)
     arms = ('joint', ) + tuple(methods)
     models, batch, model = build_models(args, arms)
     wrappers = {a: make_wrapper(a, models[a]) for a in arms}
-    times = {a: [] for a in arms}
-    cpu = {a: [] for a in arms}   # process CPU time: what the step cost, whatever else shares the machine
-    for i in range(args.warmup + args.steps):
-        for a in (arms if i % 2 == 0 else arms[::-1]):
-            torch.manual_seed(i)  # RLW / PCGrad draw from the global RNG
-            t0, c0 = time.perf_counter(), time.process_time()
-            step(models[a], wrappers[a], batch)
-            if i >= args.warmup:
-                times[a].append(time.perf_counter() - t0)
-                cpu[a].append(time.process_time() - c0)
-    out = {}
-    for a in arms:
-        ratios = [t / v for t, v in zip(times[a], times['joint'])]
-        cpu_ratios = [t / v for t, v in zip(cpu[a], cpu['joint'])]
-        out[a] = dict(median_s=statistics.median(times[a]), ratio_to_joint=statistics.median(ratios),
-                      ratio_quartiles=quartiles(ratios),
-                      median_cpu_s=statistics.median(cpu[a]), cpu_ratio_to_joint=statistics.median(cpu_ratios),
-                      cpu_ratio_quartiles=quartiles(cpu_ratios))
+    out = interleaved_speed(models, wrappers, batch, args.steps, args.warmup, baseline='joint')
     shared = sum(p.numel() for _, p in model.shared_parameters())
     return out, shared
 
@@ -110,10 +128,8 @@ def measure(methods, data, steps=10, warmup=2, threads=2, memory=True, context=N
     mem = {}
     if memory:
         for a in ('joint', ) + tuple(methods):
-            outp = subprocess.check_output([sys.executable, '-m', __name__, '--arm', a, '--data', data,
-                                            '--threads', str(threads), '--context', json.dumps(context)],
-                                           stderr=subprocess.DEVNULL)
-            mem[a] = json.loads(outp.decode().strip().splitlines()[-1])['peak_mb']
+            mem[a] = peak_mb_in_fresh_process([sys.executable, '-m', __name__, '--arm', a, '--data', data,
+                                               '--threads', str(threads), '--context', json.dumps(context)])
     return dict(speed=speed, peak_tensor_mb=mem, shared_params=n_shared, steps=steps, skipped=skipped,
                 context=context, machine=cpu_machine(threads=threads))
 
