@@ -518,3 +518,31 @@ def test_grad_sync_is_set_once():
         wrapper.use_grad_sync(Sync())
     with pytest.raises(TypeError, match='must be a GradSync'):
         wrapper.use_grad_sync(object())
+
+
+def test_amp_wrapper_is_initialised_by_mmengine_where_mmengine_runs(monkeypatch):
+    """With an accelerator (simulated: mmengine's own device check answers yes), mmengine's
+    ``AmpOptimWrapper.__init__`` parses ``loss_scale`` and ``dtype`` and builds its scaler; without one
+    (this machine), the CPU scaler takes the same forms."""
+    from mmengine.optim.optimizer import amp_optimizer_wrapper as amp
+
+    from projects.allinone.engine.optim_wrappers.multitask_optim_wrapper import mmengine_amp_available
+    assert not mmengine_amp_available()
+    cpu = MultiTaskAmpOptimWrapper(sgd(TinyMTL()), aggregator=TBGCAggregator(), loss_scale=512.0, dtype='bfloat16')
+    assert type(cpu.loss_scaler) is torch.amp.GradScaler and cpu.loss_scaler.get_scale() == 512.0
+    assert cpu._scale_update_param == 512.0 and cpu.cast_dtype is torch.bfloat16
+    with pytest.raises(TypeError, match='loss_scale must be "dynamic", a float or a dict'):
+        MultiTaskAmpOptimWrapper(sgd(TinyMTL()), loss_scale='static')
+
+    monkeypatch.setattr(amp, 'is_cuda_available', lambda: True)
+    assert mmengine_amp_available()
+    with pytest.warns(UserWarning):   # torch's: the CUDA scaler disables itself without CUDA
+        w = MultiTaskAmpOptimWrapper(sgd(TinyMTL()), aggregator=TBGCAggregator(max_norm=0.5), loss_scale=512.0,
+                                     dtype='bfloat16', stats_interval=7)
+    assert type(w.loss_scaler) is amp.GradScaler and w._scale_update_param == 512.0
+    assert w.cast_dtype is torch.bfloat16
+    assert isinstance(w.aggregator, TBGCAggregator) and w.aggregator.max_norm == 0.5 and w.stats_interval == 7
+    with pytest.raises(TypeError, match='loss_scale must be of type float, dict, or "dynamic"'):  # mmengine's
+        MultiTaskAmpOptimWrapper(sgd(TinyMTL()), loss_scale='static')
+    with pytest.raises(AssertionError, match='dtype should be any of'):                          # mmengine's
+        MultiTaskAmpOptimWrapper(sgd(TinyMTL()), dtype='int8')

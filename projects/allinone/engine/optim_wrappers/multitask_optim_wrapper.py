@@ -21,6 +21,14 @@ from .grad_sync import GradSync
 TaskGradHook = Callable[[str, List[nn.Parameter], List[nn.Parameter]], None]
 
 
+def mmengine_amp_available() -> bool:
+    """Whether mmengine's ``AmpOptimWrapper`` may be built here: the device check its ``__init__``
+    asserts (CUDA, NPU, MLU or MUSA), read from mmengine's module so the two cannot disagree."""
+    from mmengine.optim.optimizer import amp_optimizer_wrapper as amp
+    return bool(amp.is_cuda_available() or amp.is_npu_available() or amp.is_mlu_available()
+                or amp.is_musa_available())
+
+
 def _total_norm(grads: Sequence[Tensor]) -> float:
     """The 2-norm of all ``grads`` together: one norm per slice of at most ``NORM_CHUNK`` entries,
     combined in float64 (one float32 norm over millions of entries loses a good part of its small
@@ -512,8 +520,9 @@ class MultiTaskAmpOptimWrapper(MultiTaskOptimWrapper, AmpOptimWrapper):
     growth count restarted, no growth on that step. The skipped task's gradient never reaches the
     scaler, so its overflow is reported to it the way GradScaler learns of an overflow in one of
     several optimizers: ``unscale_`` of a one-element probe optimizer whose gradient is inf, before
-    the step's ``update()``. Unlike mmengine's ``AmpOptimWrapper`` it also runs on CPU
-    (``torch.amp.GradScaler('cpu')``, bf16 autocast), which is how it is tested here.
+    the step's ``update()``. Where mmengine's ``AmpOptimWrapper`` runs (an accelerator), mmengine
+    initialises it; unlike mmengine's it also runs on CPU (``torch.amp.GradScaler('cpu')``, bf16
+    autocast), which is how it is tested here.
 
     Args:
         loss_scale: ``'dynamic'``, a float (static scale) or GradScaler kwargs.
@@ -523,17 +532,28 @@ class MultiTaskAmpOptimWrapper(MultiTaskOptimWrapper, AmpOptimWrapper):
 
     def __init__(self, optimizer, aggregator=dict(type='SumAggregator'), streaming=None, stats_interval=50,
                  loss_scale='dynamic', dtype=None, **kwargs):
-        OptimWrapper.__init__(self, optimizer=optimizer, **kwargs)
+        if mmengine_amp_available():
+            # mmengine's own initialisation: its loss-scale and dtype parsing, its scaler (FSDP's with
+            # ``use_fsdp=True``), so this wrapper follows mmengine wherever mmengine's wrapper runs
+            AmpOptimWrapper.__init__(self, optimizer=optimizer, loss_scale=loss_scale, dtype=dtype, **kwargs)
+        else:
+            OptimWrapper.__init__(self, optimizer=optimizer, **kwargs)
+            self._init_cpu_amp(loss_scale, dtype)
         self._init_multitask(aggregator, streaming, stats_interval)
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        self._overflowed = False
+        self._probe = None  # (parameter, optimizer) that reports a skipped task's overflow to the scaler
+
+    def _init_cpu_amp(self, loss_scale, dtype):
+        """What mmengine's ``AmpOptimWrapper.__init__`` sets, where mmengine refuses to (no accelerator):
+        a CPU ``GradScaler`` from the same ``loss_scale`` forms, and the autocast dtype."""
         self._scale_update_param = None
         if loss_scale == 'dynamic':
-            self.loss_scaler = torch.amp.GradScaler(device)
+            self.loss_scaler = torch.amp.GradScaler('cpu')
         elif isinstance(loss_scale, float):
             self._scale_update_param = loss_scale
-            self.loss_scaler = torch.amp.GradScaler(device, init_scale=loss_scale)
+            self.loss_scaler = torch.amp.GradScaler('cpu', init_scale=loss_scale)
         elif isinstance(loss_scale, dict):
-            self.loss_scaler = torch.amp.GradScaler(device, **loss_scale)
+            self.loss_scaler = torch.amp.GradScaler('cpu', **loss_scale)
         else:
             raise TypeError(f'loss_scale must be "dynamic", a float or a dict, got {loss_scale!r}')
         if isinstance(dtype, str):
@@ -541,8 +561,6 @@ class MultiTaskAmpOptimWrapper(MultiTaskOptimWrapper, AmpOptimWrapper):
                 raise ValueError(f'dtype must be one of {self.valid_dtypes}, got {dtype!r}')
             dtype = getattr(torch, dtype)
         self.cast_dtype = dtype
-        self._overflowed = False
-        self._probe = None  # (parameter, optimizer) that reports a skipped task's overflow to the scaler
 
     def _backward(self, loss: Tensor) -> None:
         self.loss_scaler.scale(loss).backward()
