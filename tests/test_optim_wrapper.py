@@ -356,8 +356,8 @@ def test_matrix_path_norms_are_accurate_on_long_rows():
     res = TBGCAggregator(max_norm=0.1).aggregate(G, torch.zeros(2))
     for w, t in zip(res.weights.double(), true):  # each task enters the sum with norm max_norm
         assert float(w * t) == pytest.approx(0.1, rel=1e-5)
-    from projects.allinone.engine.optim_wrappers.multitask_optim_wrapper import _total_norm
-    assert _total_norm(list(G[0].split(n // 4))) == pytest.approx(float(true[0]), rel=1e-5)
+    from projects.allinone.engine.aggregators.base import tensors_norm
+    assert tensors_norm(list(G[0].split(n // 4))) == pytest.approx(float(true[0]), rel=1e-5)
 
 
 def test_linear_aggregate_on_random_matrices():

@@ -123,8 +123,22 @@ class GradAggregator:
         return f'{type(self).__name__}({args})'
 
 
-#: columns per slice of :func:`row_norms`
+#: entries per slice of :func:`row_norms` and :func:`tensors_norm`
 NORM_CHUNK = 1 << 18
+
+
+def tensors_norm(tensors: Sequence[Optional[Tensor]]) -> float:
+    """The 2-norm of all ``tensors`` together (``None`` skipped), sliced as :func:`row_norms` (see there
+    why): one norm per slice of at most ``NORM_CHUNK`` entries, their squares summed in float64. The
+    streaming path's per-task norm over the parameters' ``.grad``; the matrix path's is :func:`row_norms`
+    over the flat rows, so both paths agree."""
+    parts = []
+    for t in tensors:
+        if t is not None:
+            parts.extend(t.reshape(-1).split(NORM_CHUNK) if t.numel() > NORM_CHUNK else [t])
+    if not parts:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(parts)).double()))
 
 
 def row_norms(grads: Tensor, chunk: int = NORM_CHUNK) -> Tensor:

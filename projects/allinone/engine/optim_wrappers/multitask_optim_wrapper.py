@@ -3,7 +3,7 @@ import logging
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ...registry import OPTIM_WRAPPERS
-from ..aggregators.base import NORM_CHUNK, GradAggregator, build_aggregator
+from ..aggregators.base import GradAggregator, build_aggregator, tensors_norm
 from .grad_sync import GradSync
 
 #: ``hook(task, shared, own)``: called once per task and micro-step when its gradients are final (after
@@ -27,19 +27,6 @@ def mmengine_amp_available() -> bool:
     from mmengine.optim.optimizer import amp_optimizer_wrapper as amp
     return bool(amp.is_cuda_available() or amp.is_npu_available() or amp.is_mlu_available()
                 or amp.is_musa_available())
-
-
-def _total_norm(grads: Sequence[Tensor]) -> float:
-    """The 2-norm of all ``grads`` together: one norm per slice of at most ``NORM_CHUNK`` entries,
-    combined in float64 (one float32 norm over millions of entries loses a good part of its small
-    squares; the matrix path's :func:`row_norms` slices the same way, so both paths agree)."""
-    parts = []
-    for g in grads:
-        if g is not None:
-            parts.extend(g.reshape(-1).split(NORM_CHUNK) if g.numel() > NORM_CHUNK else [g])
-    if not parts:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(parts)).double()))
 
 
 def _add_scaled(acc: List[Optional[Tensor]], grads: List[Optional[Tensor]], factor: float) -> None:
@@ -300,7 +287,7 @@ class MultiTaskOptimWrapper(OptimWrapper):
             hook(task, shared, own)
         inv = 1.0 / self._grad_scale()
         g_shared = [p.grad for p in shared]
-        norm, own_norm = _total_norm(g_shared) * inv, _total_norm([p.grad for p in own]) * inv
+        norm, own_norm = tensors_norm(g_shared) * inv, tensors_norm([p.grad for p in own]) * inv
         norm, own_norm, loss_value = self.grad_sync.task_stats(task, norm, own_norm, loss_value)
         for p in shared:  # the shared .grad is rebuilt in update_tasks
             p.grad = None
