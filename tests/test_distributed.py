@@ -159,6 +159,13 @@ def _worker(rank, init_file, out_dir):
             error = str(e)
         ddp.train_step(step_data('tbgc', 1, rank), ow)  # the ranks still agree on their collectives
         torch.save(dict(error=error), osp.join(out_dir, f'missing_{rank}.pt'))
+        # a method's own learnable state (DR-MGF's importances): averaged through the sync seam
+        own = [torch.nn.Parameter(torch.zeros(3)) for _ in range(3)]
+        own[0].grad = torch.tensor([1.0, 2.0, 3.0]) * (rank + 1)
+        own[1].grad = torch.ones(3) * 4 if rank == 0 else None   # a gradient on one rank only
+        ddp.grad_sync.average(own)                                # own[2]: on no rank
+        torch.save(dict(grads=[None if q.grad is None else q.grad.clone() for q in own]),
+                   osp.join(out_dir, f'average_{rank}.pt'))
     finally:
         dist.destroy_process_group()
 
@@ -179,7 +186,7 @@ def dist_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp('dist_runs')
     spawn(_worker, (str(out / 'init'), str(out)))
     return {arm: [torch.load(out / f'{arm}_{r}.pt', weights_only=False) for r in range(WORLD)]
-            for arm in list(ARMS) + ['missing']}
+            for arm in list(ARMS) + ['missing', 'average']}
 
 
 @contextmanager
@@ -237,6 +244,16 @@ def test_task_missing_on_one_rank_fails_on_every_rank_naming_it(registered, dist
 
 
 @pytest.mark.slow
+def test_sync_seam_averages_a_methods_own_gradients_over_the_ranks(registered, dist_runs):
+    """``GradSync.average`` (DR-MGF's importances and coefficients): the ranks' mean, a missing gradient
+    counted as zero, none on any rank kept as None, the same on both ranks."""
+    for r in range(WORLD):
+        g = dist_runs['average'][r]['grads']
+        torch.testing.assert_close(g[0], torch.tensor([1.5, 3.0, 4.5]), rtol=0, atol=0)
+        torch.testing.assert_close(g[1], torch.full((3, ), 2.0), rtol=0, atol=0)
+        assert g[2] is None
+
+
 def test_exact_mode_all_reduces_start_during_the_backward(registered, dist_runs):
     """Small buckets: many per task, most launched by the post-accumulate-grad hooks before the
     backward ends; the update is still the one-process update (test above)."""

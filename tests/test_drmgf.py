@@ -635,3 +635,45 @@ def test_loop_resumed_inside_a_round_matches_the_uninterrupted_run_and_freezes(r
     got = runner.model.state_dict()
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+class HalvingSync:
+    """A stand-in for the data-parallel sync seam (``GradSync.average``): the "other rank" has zero
+    gradients, so the average halves each one; records what it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def average(self, params):
+        params = list(params)
+        self.calls.append([id(p) for p in params])
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(0.5)
+
+
+def test_importance_and_coefficient_steps_average_their_gradients_through_the_sync_seam(toy):
+    """Under data parallel every rank must take the same step of v and alpha: DR-MGF hands their
+    gradients to the optim wrapper's sync before each optimizer step (here a halving stand-in: the
+    step is the one of the halved gradient)."""
+    from projects.allinone.routing.drmgf import DRMGF
+    sgd = dict(type='SGD', lr=0.1)   # not Adam, which is blind to the gradient's scale
+    model = build(toy)
+    d = DRMGF(model, importance_optim=sgd)
+    model.train()
+    with d.task_pass(model, 'a', gated=True):
+        model.task_loss('a', batches(0)['a'])[0].backward()
+    before = {k: v.detach().clone() for k, v in d.importance.items()}
+    grads = {k: None if v.grad is None else v.grad.clone() for k, v in d.importance.items()}
+    sync = HalvingSync()
+    d.step_importances(sync)
+    assert sync.calls == [[id(v) for v in d.importance.values()]]
+    for k, v in d.importance.items():            # SGD on the halved gradients
+        want = before[k] if grads[k] is None else before[k] - 0.1 * 0.5 * grads[k]
+        torch.testing.assert_close(v.detach(), want, rtol=0, atol=1e-7)
+    assert any(g is not None and g.abs().max() > 0 for g in grads.values())
+
+    model, d, _ = recorded_round(toy)
+    sync = HalvingSync()
+    d.fuse(model, endless(), meta_iters=2, ema=False, sync=sync)
+    assert sync.calls == [[id(a) for a in d.alpha.values()]] * 2

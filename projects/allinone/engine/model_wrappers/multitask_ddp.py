@@ -270,6 +270,9 @@ class TaskGradSync(GradSync):
         if not self.exact:
             self.average_grads(list(params), self.world_size)
 
+    def average(self, params: Iterable[nn.Parameter]) -> None:
+        self.average_grads(list(params), self.world_size)
+
     def remove_hooks(self) -> None:
         """Detach the gradient hooks from the parameters (the wrapper is no longer used)."""
         for handle in self._hooks.values():

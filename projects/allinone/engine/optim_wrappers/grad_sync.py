@@ -44,3 +44,8 @@ class GradSync:
 
     def before_step(self, params: Iterable[nn.Parameter]) -> None:
         """Before the optimizer step (and before AMP's unscale and the global clip)."""
+
+    def average(self, params: Iterable[nn.Parameter]) -> None:
+        """Average ``.grad`` of ``params`` over the ranks: learnable state of a method outside the task
+        gradients (DR-MGF's importances and fusion coefficients), so every rank takes the same step. A
+        parameter with no gradient on any rank keeps ``.grad = None``."""

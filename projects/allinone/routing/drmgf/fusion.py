@@ -58,8 +58,9 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
+
+from ...engine.optim_wrappers.grad_sync import GradSync
 
 EPS = 1e-12
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -434,7 +435,7 @@ class DRMGF(nn.Module):
                 a.mul_(1 - self.alpha_ema).add_(b, alpha=self.alpha_ema)
 
     def fuse(self, model: nn.Module, meta_batches: Iterator[Dict[str, dict]], meta_iters: int,
-             ema: bool) -> Dict[str, float]:
+             ema: bool, sync: GradSync = GradSync()) -> Dict[str, float]:
         """End of a round: meta-learn ``alpha`` for ``meta_iters`` batches, then write the fused
         weights into ``model`` (with ``ema``: smooth ``alpha`` afterwards, or before with
         ``ema_before_fusion``). Returns the mean meta loss (NaN without meta iterations)."""
@@ -459,7 +460,7 @@ class DRMGF(nn.Module):
                     loss, _ = model.task_loss(task, b)
                     loss.backward()
                     total += float(loss.detach())
-                _allreduce_grads(list(self.alpha.values()))
+                sync.average(self.alpha.values())
                 self.fusion_optimizer.step()
                 losses.append(total)
         finally:
@@ -479,9 +480,10 @@ class DRMGF(nn.Module):
         self.start, self.pass_ends = None, OrderedDict()
         return dict(meta_loss=sum(losses) / len(losses) if losses else float('nan'))
 
-    def step_importances(self) -> None:
-        """One optimizer step of ``v`` on the gradients the gated forward left on it."""
-        _allreduce_grads(list(self.importance.values()))
+    def step_importances(self, sync: GradSync = GradSync()) -> None:
+        """One optimizer step of ``v`` on the gradients the gated forward left on it (averaged over the
+        ranks by ``sync``, the optim wrapper's)."""
+        sync.average(self.importance.values())
         self.importance_optimizer.step()
         self.importance_optimizer.zero_grad(set_to_none=True)
 
@@ -535,16 +537,3 @@ class DRMGF(nn.Module):
         self.start = state.get('start')
         self.pass_ends = OrderedDict(state.get('pass_ends') or {})
 
-
-def _allreduce_grads(params: List[Tensor]) -> None:
-    """Average the gradients of ``params`` over the ranks (no-op in one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
-        offset += g.numel()

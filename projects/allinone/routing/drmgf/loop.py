@@ -172,14 +172,15 @@ class DRMGFTrainLoop(MultiTaskTrainLoop):
         with self.drmgf.task_pass(model, task, gated):
             outputs = runner.model.train_step(data_batch, optim_wrapper=runner.optim_wrapper)
         if gated:
-            self.drmgf.step_importances()
+            self.drmgf.step_importances(runner.optim_wrapper.grad_sync)
         hub = runner.message_hub
         hub.update_scalar('train/drmgf.gated', float(gated))
         if j == lengths[i] - 1:
             self.drmgf.end_pass(model, task, gated)
             if all(n == 0 for n in lengths[i + 1:]):
                 model.train()
-                stats = self.drmgf.fuse(model, iter(self.next_batch, None), self.meta_iters, ema=not gated)
+                stats = self.drmgf.fuse(model, iter(self.next_batch, None), self.meta_iters, ema=not gated,
+                                        sync=runner.optim_wrapper.grad_sync)
                 hub.update_scalar('train/drmgf.meta_loss', stats['meta_loss'])
                 for t, share in self.drmgf.importance_shares().items():
                     hub.update_scalar(f'train/drmgf.{t}.importance_share', share)
