@@ -546,3 +546,30 @@ def test_amp_wrapper_is_initialised_by_mmengine_where_mmengine_runs(monkeypatch)
         MultiTaskAmpOptimWrapper(sgd(TinyMTL()), loss_scale='static')
     with pytest.raises(AssertionError, match='dtype should be any of'):                          # mmengine's
         MultiTaskAmpOptimWrapper(sgd(TinyMTL()), dtype='int8')
+
+
+def test_wrapper_binds_itself_to_the_model_in_optim_context():
+    """mmengine's per-step context receives the model: an unbound wrapper takes the model's parameter
+    partition there (the model does not bind it), and steps exactly as one bound by hand; a model
+    without a partition is a clear error."""
+    class Partitioned(TinyMTL):
+        def parameter_partition(self):
+            return self.partition()
+
+    by_hand, model = Partitioned(), Partitioned()
+    hand = MultiTaskOptimWrapper(sgd(by_hand), aggregator=TBGCAggregator(max_norm=0.1))
+    hand.bind(by_hand.partition())
+    wrapper = MultiTaskOptimWrapper(sgd(model), aggregator=TBGCAggregator(max_norm=0.1))
+    assert not wrapper.is_bound
+    for batch in batches():
+        with wrapper.optim_context(model):   # binds on the first step
+            for task, x in batch.items():
+                wrapper.backward_task(task, model.loss(task, x))
+        wrapper.update_tasks()
+        run_wrapper(by_hand, hand, batch)
+    assert wrapper.is_bound and wrapper.aggregator.tasks == ['a', 'b']
+    for p, q in zip(model.parameters(), by_hand.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(TypeError, match='TinyMTL has no parameter_partition'):
+        with MultiTaskOptimWrapper(sgd(TinyMTL())).optim_context(TinyMTL()):
+            pass

@@ -11,6 +11,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
+from ..engine.optim_wrappers import MultiTaskOptimWrapper
 from ..registry import MODELS
 from ..routing.base import RoutingMethod, build_routing, routing_order
 from ..routing.context import TaskContext
@@ -213,11 +214,9 @@ class AllInOneModel(BaseModel):
             raise TypeError('AllInOneModel.train_step expects {task_name: batch}; build the run with '
                             'MultiTaskTrainLoop (train_cfg.type)')
         log_vars = OrderedDict()
-        per_task = hasattr(optim_wrapper, 'backward_task')
-        if per_task and not optim_wrapper.is_bound:
-            optim_wrapper.bind(self.parameter_partition())
+        per_task = isinstance(optim_wrapper, MultiTaskOptimWrapper)  # binds itself in optim_context
         total = 0.
-        samples = getattr(optim_wrapper, 'gradient_samples', 1) if per_task else 1
+        samples = optim_wrapper.gradient_samples if per_task else 1
         with optim_wrapper.optim_context(self):
             for task, batch in data.items():
                 if batch is None and per_task:

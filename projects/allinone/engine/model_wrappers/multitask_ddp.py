@@ -61,6 +61,7 @@ from torch import Tensor, nn
 
 from ...registry import MODEL_WRAPPERS
 from ..optim_wrappers.grad_sync import GradSync
+from ..optim_wrappers.multitask_optim_wrapper import MultiTaskOptimWrapper
 
 MODES = ('exact', 'approximate')
 
@@ -415,7 +416,7 @@ class MultiTaskDistributedDataParallel(nn.Module):
         return self.module.data_preprocessor
 
     def train_step(self, data: Dict[str, dict], optim_wrapper) -> Dict[str, Tensor]:
-        if not hasattr(optim_wrapper, 'backward_task'):
+        if not isinstance(optim_wrapper, MultiTaskOptimWrapper):
             raise TypeError(f'{type(self).__name__} needs the per-task optim wrapper '
                             f'(MultiTaskOptimWrapper / MultiTaskAmpOptimWrapper), got {type(optim_wrapper).__name__}')
         if not isinstance(data, dict) or not data:

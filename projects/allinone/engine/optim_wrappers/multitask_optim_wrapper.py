@@ -174,6 +174,18 @@ class MultiTaskOptimWrapper(OptimWrapper):
         self._own = OrderedDict((t, list(ps)) for t, ps in partition.items() if t != 'shared')
         self.aggregator.bind(list(self._own))
 
+    def optim_context(self, model: nn.Module):
+        """mmengine's per-step context (autocast, accumulation), entered with the model being trained: an
+        unbound wrapper binds itself here to ``model.parameter_partition()`` (a wrapper built by hand may
+        call :meth:`bind` itself first)."""
+        if not self.is_bound:
+            partition = getattr(model, 'parameter_partition', None)
+            if partition is None:
+                raise TypeError(f'{type(self).__name__} needs the model\'s parameter partition: '
+                                f'{type(model).__name__} has no parameter_partition(); call bind(partition) first')
+            self.bind(partition())
+        return super().optim_context(model)
+
     def _reset_pass(self):
         self._tasks_seen: List[str] = []                        # one entry per backward (a task k times
                                                                 # with k gradient samples)
