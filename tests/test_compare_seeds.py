@@ -210,3 +210,19 @@ def test_two_methods_two_seeds_and_a_baseline_on_the_demo(demo_data, tmp_path, r
     assert vanilla['seeds'] == [0, 1] and len(vanilla['scores']['A']) == 2 and vanilla['delta_m'] == []
     assert comp['rows']['single:cls']['missing'] == [1] and comp['baseline'] == dict(cls=cls['cls'])
     assert '| single:cls | 1/2 (no 1) |' in (results / 'comparison.md').read_text()
+
+    # --no-train with --bench-steps N: no training, but the missing step costs are measured and tabulated
+    from projects.allinone.benchmarking import method_cost
+    measured = []
+
+    def fake_measure(methods, data, steps=10, warmup=2, threads=2, memory=True, context=None):
+        measured.append((list(methods), steps))
+        speed = {m: dict(ratio_to_joint=r) for m, r in [('joint', 1.0), ('vanilla', 1.02), ('pcgrad', 1.2)]}
+        return dict(speed=speed, peak_tensor_mb=dict(joint=90.0, vanilla=92.5, pcgrad=114.0), machine={})
+    monkeypatch.setattr(method_cost, 'measure', fake_measure)
+    compare_methods.main(['--methods', 'vanilla', 'pcgrad', 'single:cls', '--seeds', '0', '1', '--no-train']
+                         + common + ['--bench-steps', '3'])
+    assert measured == [(['vanilla', 'pcgrad'], 3)]
+    cost = json.loads((results / 'cost.json').read_text())
+    assert cost['pcgrad']['ratio_to_vanilla'] == round(1.2 / 1.02, 4) and cost['pcgrad']['peak_tensor_mb'] == 114.0
+    assert '| 1.177 | 114.0 |' in (results / 'comparison.md').read_text()      # 1.1765 in the table's 3 digits

@@ -337,7 +337,7 @@ def compare_seeds(args):
         with open(cost_path) as f:
             cost = json.load(f)
     need = [m for m in methods if not mt.is_single(m) and not changes_train_loop(m) and m not in cost]
-    if args.bench_steps and need and not args.no_train:
+    if args.bench_steps and need:
         from projects.allinone.benchmarking.method_cost import measure
         arms = list(dict.fromkeys(['vanilla'] + need))
         print(f'measuring the step cost of {len(arms)} methods ({args.bench_steps} interleaved steps)...', flush=True)
@@ -386,7 +386,8 @@ def main(argv=None):
     p.add_argument('--val-points', type=int, default=4, help='validations per run with --max-iters')
     p.add_argument('--out', default=osp.join(REPO, 'work_dirs', 'methods'))
     p.add_argument('--threads', type=int, help='torch threads of each training run (default: torch\'s own)')
-    p.add_argument('--bench-steps', type=int, default=10, help='interleaved steps of the cost benchmark (0: skip)')
+    p.add_argument('--bench-steps', type=int,
+                   help='interleaved steps of the cost benchmark (0: skip; default 10, with --no-train 0)')
     p.add_argument('--data', default=osp.join(REPO, 'data', 'demo'), help='demo data for the cost benchmark')
     p.add_argument('--recon-report', help='Recon search report for the recon methods (default: search once into '
                    'OUT/recon_search, a quarter of the run length)')
@@ -400,8 +401,12 @@ def main(argv=None):
     seeds.add_argument('--data-root',
                        help="train on this data root instead of the config's (tools/train.py --data-root)")
     seeds.add_argument('--stop-after', type=float, metavar='MIN', help='start no new run after MIN minutes')
-    seeds.add_argument('--no-train', action='store_true', help='only tabulate the summaries there are')
+    seeds.add_argument('--no-train', action='store_true',
+                       help='only tabulate the summaries there are (with --bench-steps N: measure the missing step '
+                       'costs first)')
     args = p.parse_args(argv)
+    if args.bench_steps is None:
+        args.bench_steps = 0 if args.no_train else 10
     args.out = osp.abspath(args.out)
     args.config = osp.abspath(args.config)
     if args.recon_report:
