@@ -1,5 +1,6 @@
 """The per-task gradient optim wrapper and TBGC, checked against hand computations."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -535,6 +536,7 @@ def test_amp_wrapper_is_initialised_by_mmengine_where_mmengine_runs(monkeypatch)
         MultiTaskAmpOptimWrapper(sgd(TinyMTL()), loss_scale='static')
 
     monkeypatch.setattr(amp, 'is_cuda_available', lambda: True)
+    warnings.filterwarnings('ignore', '`torch.cuda.amp.GradScaler', FutureWarning)  # mmengine's scaler class
     assert mmengine_amp_available()
     with pytest.warns(UserWarning):   # torch's: the CUDA scaler disables itself without CUDA
         w = MultiTaskAmpOptimWrapper(sgd(TinyMTL()), aggregator=TBGCAggregator(max_norm=0.5), loss_scale=512.0,
