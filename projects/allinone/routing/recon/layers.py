@@ -218,9 +218,10 @@ class Recon(RoutingMethod):
         for layer in self.layers:
             if not layer.startswith(prefix + '.'):
                 continue
-            head = f'{layer[len(prefix) + 1:]}.copies.'
+            local = layer[len(prefix) + 1:]   # the layer's name inside the module ``prefix``
+            head = f'{local}.copies.'
             if key.startswith(head):
-                return f'{layer[len(prefix) + 1:]}.{key[len(head):].split(".", 1)[1]}'
+                return f'{local}.{key[len(head):].split(".", 1)[1]}'
         return key
 
     def __repr__(self):
