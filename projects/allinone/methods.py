@@ -20,6 +20,8 @@ METHOD_PRESETS: Dict[str, tuple] = {
     'uw': (dict(type='UncertaintyAggregator'), False),
     'dwa': (dict(type='DWAAggregator'), False),
     'gradnorm': (dict(type='GradNormAggregator'), False),
+    # L_t(0) the mean of the first 50 losses (the comparison's warm-up): for heads whose loss rises first
+    'gradnorm_ref50': (dict(type='GradNormAggregator', reference_steps=50), False),
     'rlw': (dict(type='RLWAggregator'), False),
     'famo': (dict(type='FAMOAggregator'), False),
     'pcgrad': (dict(type='PCGradAggregator'), False),
@@ -40,6 +42,8 @@ METHOD_PRESETS: Dict[str, tuple] = {
     'dbmtl': (dict(type='DBMTLAggregator'), False),
     'moco': (dict(type='MoCoAggregator'), False),
     'excessmtl': (dict(type='ExcessMTLAggregator'), False),
+    # reference excess risk over the first 50 steps (the comparison's warm-up)
+    'excessmtl_ref50': (dict(type='ExcessMTLAggregator', reference_steps=50), False),
     'graddrop': (dict(type='GradDropAggregator'), False),
     # loss scalarisers (streaming)
     'stch': (dict(type='STCHAggregator'), False),
