@@ -50,10 +50,9 @@ class ExcessMTLAggregator(GradAggregator):
     def __init__(self, robust_step_size: float = 1e-2, reference_steps: int = 1, tasks=None):
         super().__init__(tasks)
         check_number('ExcessMTLAggregator', 'robust_step_size', robust_step_size, low=0, low_open=True)
-        if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or reference_steps < 1:
-            raise ValueError(f'ExcessMTLAggregator: reference_steps must be an integer >= 1, got {reference_steps!r}')
+        check_number('ExcessMTLAggregator', 'reference_steps', reference_steps, low=1, integer=True)
         self.robust_step_size = float(robust_step_size)
-        self.reference_steps = reference_steps
+        self.reference_steps = int(reference_steps)
         self._sq_sum: Dict[str, Tensor] = {}
         self._reference: Dict[str, float] = {}
         self._window: Dict[str, Tuple[float, int]] = {}   # task -> (sum, count) of estimates before its reference

@@ -56,14 +56,13 @@ class GradNormAggregator(TaskScalingAggregator):
         super().__init__(tasks)
         check_number('GradNormAggregator', 'alpha', alpha, low=0)
         check_number('GradNormAggregator', 'min_weight', min_weight, low=0, high=1, low_open=True, high_open=True)
-        if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or reference_steps < 1:
-            raise ValueError(f'GradNormAggregator: reference_steps must be an integer >= 1, got {reference_steps!r}')
+        check_number('GradNormAggregator', 'reference_steps', reference_steps, low=1, integer=True)
         self._opt = ScalarOptimizer(optimizer, lr, owner='GradNormAggregator')
         self.alpha = float(alpha)
         self.lr = float(lr)
         self.optimizer = optimizer
         self.min_weight = float(min_weight)
-        self.reference_steps = reference_steps
+        self.reference_steps = int(reference_steps)
         self._w: Dict[str, float] = {}
         self._initial_loss: Dict[str, float] = {}
         self._window: Dict[str, Tuple[float, int]] = {}   # task -> (sum, count) of losses before its L_t(0)
