@@ -13,7 +13,7 @@ class SDMGradAggregator(SampledGradAggregator):
     independent gradient samples per task.
 
     "Direction-oriented Multi-objective Learning: Simple and Provable Stochastic Algorithms" (Xiao, Ban,
-    Ji; NeurIPS 2023, arXiv 2305.18409), Algorithm 1 (SDMGrad), as its official code runs it: with samples
+    Ji; NeurIPS 2023, arXiv 2305.18409), Algorithm 1 (SDMGrad), as LibMTL runs it from the official code: with samples
     zeta, xi, xi' of every task gradient,
 
     * ``GG = G(xi) G(xi')^T``, divided by the square of the mean task-gradient norm (``mean_t
@@ -30,7 +30,9 @@ class SDMGradAggregator(SampledGradAggregator):
     Args:
         lamda: the regularisation towards g0 (default 0.3, LibMTL's and the official code's default).
         niter: inner steps on ``w`` per update (default 20).
-        lr: step size of the inner SGD (default 5.0, the official code's).
+        lr: step size of the inner SGD on ``d`` (default 5.0, LibMTL's). The official NYUv2 trainer
+            steps 10 on the gradient of its objective, ``2 d``: four times this step. With 5.0, ``w``
+            sits on a vertex of the simplex at 26 of 30 logged steps of the demo (benchmarks/README.md).
         momentum: its momentum (default 0.5, the official code's).
         samples: gradient samples per task and step (default 3: zeta, xi, xi'; parts of each task's batch).
 
