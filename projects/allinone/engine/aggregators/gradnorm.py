@@ -46,9 +46,9 @@ class GradNormAggregator(TaskScalingAggregator):
     Departures: ``||g_t||`` is the norm of task t's gradient on *all* shared parameters (what the
     wrapper measures), where the paper uses the last shared layer only (cheaper there; here the full
     norm is free). ``L_t(0)`` is the first loss the aggregator sees for the task (or the mean of its
-    first ``reference_steps``). The weights learn
-    with their own optimizer instead of the network's, and a step uses the weights of the step before
-    (updated after its gradients are known). Losses should be positive (``Ltilde`` is clamped at 0).
+    first ``reference_steps``). The weights learn with their own optimizer instead of the network's,
+    and a step uses the weights of the step before (updated after its gradients are known). Losses
+    should be positive (``Ltilde`` is clamped at 0).
     """
 
     def __init__(self, alpha: float = 1.5, lr: float = 0.01, optimizer: str = 'adam', min_weight: float = 1e-3,
